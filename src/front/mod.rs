@@ -1,0 +1,4 @@
+//! The client-facing side: TLS negotiation, startup validation, SCRAM authentication.
+
+pub mod auth;
+pub mod startup;

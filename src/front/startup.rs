@@ -1,0 +1,207 @@
+//! Client startup: TLS negotiation, startup-packet validation, SCRAM authentication,
+//! upstream connect, then hand-off of the raw socket to the session relay.
+//!
+//! States: AwaitingSslOrStartup → AwaitingStartup → Authenticating → (upstream connect) →
+//! Ready (handed to `session`). Every state is bounded by the handshake timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use pgwire::api::auth::driver::AuthOutcome;
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::{protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
+use pgwire::api::ClientInfo;
+use pgwire::messages::startup::{SecretKey, Startup};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::{negotiate_tls, MaybeTls, PgWireMessageServerCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::error::ClientError;
+use crate::server::Server;
+use crate::upstream::UpstreamConn;
+
+type Front = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
+
+/// Startup parameters forwarded to PostgreSQL. Never `options`, never `search_path`
+/// (pgveil pins it), never `replication`.
+const FORWARDED_PARAMS: &[&str] =
+    &["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "datestyle", "timezone"];
+
+/// Upstream ParameterStatus values, given to the client after authentication.
+struct UpstreamParams(Vec<(String, String)>);
+
+/// Sends the real server's parameters (with identity values replaced by pgveil's).
+pub struct RelayParams;
+
+impl ServerParameterProvider for RelayParams {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        let params = client.session_extensions().get::<UpstreamParams>()?;
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let mut map: HashMap<String, String> = params.0.iter().cloned().collect();
+        map.insert("session_authorization".into(), user);
+        map.insert("is_superuser".into(), "off".into());
+        Some(map)
+    }
+}
+
+/// A fully started session, ready to relay.
+pub struct Started {
+    pub io: MaybeTls,
+    pub read_buf: BytesMut,
+    pub user: String,
+    pub application_name: String,
+    pub upstream: UpstreamConn,
+    pub client_key: (i32, SecretKey),
+}
+
+/// What the first packet asked for.
+pub enum Handshake {
+    Session(Box<Started>),
+    Cancel { pid: i32, secret: SecretKey },
+    Closed,
+}
+
+/// Run the handshake up to a ready session, a cancel request, or a refusal.
+pub async fn handshake(server: &Arc<Server>, tcp: TcpStream, reject: Option<ClientError>) -> Handshake {
+    let timeout = server.config.handshake_timeout();
+    match tokio::time::timeout(timeout, handshake_inner(server, tcp, reject)).await {
+        Ok(h) => h,
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            Handshake::Closed
+        }
+    }
+}
+
+async fn handshake_inner(server: &Arc<Server>, tcp: TcpStream, reject: Option<ClientError>) -> Handshake {
+    let Ok(Some(mut front)) = negotiate_tls::<()>(tcp, server.tls_acceptor.clone()).await else {
+        return Handshake::Closed;
+    };
+    let startup = match front.next().await {
+        Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
+        Some(Ok(PgWireFrontendMessage::CancelRequest(c))) => {
+            return Handshake::Cancel { pid: c.pid, secret: c.secret_key };
+        }
+        Some(Ok(_)) => {
+            fail(&mut front, ClientError::Protocol("expected a startup packet".into())).await;
+            return Handshake::Closed;
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "bad startup packet");
+            fail(&mut front, ClientError::Protocol("invalid startup packet".into())).await;
+            return Handshake::Closed;
+        }
+        None => return Handshake::Closed,
+    };
+    if let Some(err) = reject {
+        fail(&mut front, err).await;
+        return Handshake::Closed;
+    }
+    match authenticate(server, &mut front, &startup).await {
+        Ok(auth) => {
+            let parts = front.into_parts();
+            Handshake::Session(Box::new(Started {
+                io: parts.io,
+                read_buf: parts.read_buf,
+                user: auth.user,
+                application_name: auth.application_name,
+                upstream: auth.upstream,
+                client_key: auth.client_key,
+            }))
+        }
+        Err(e) => {
+            fail(&mut front, e).await;
+            Handshake::Closed
+        }
+    }
+}
+
+async fn fail(front: &mut Front, e: ClientError) {
+    let _ = front.send(PgWireBackendMessage::ErrorResponse(e.to_error_response())).await;
+    let _ = front.close().await;
+}
+
+/// Validate the startup packet; returns (user, database, forwarded params).
+fn validate_startup(server: &Server, startup: &Startup) -> Result<(String, Vec<(String, String)>), ClientError> {
+    let p = &startup.parameters;
+    if p.contains_key("replication") {
+        return Err(ClientError::FeatureUnsupported("replication connections are not supported by pgveil".into()));
+    }
+    let user = p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        ClientError::Protocol("no PostgreSQL user name specified in startup packet".into())
+    })?;
+    let database = p.get("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if database != &server.config.upstream.database {
+        return Err(ClientError::UnknownDatabase(database.clone()));
+    }
+    if let Some(enc) = p.get("client_encoding") {
+        let norm = enc.to_ascii_uppercase().replace(['-', '_'], "");
+        if norm != "UTF8" && norm != "UNICODE" {
+            return Err(ClientError::Encoding(format!(
+                "client_encoding \"{enc}\" is not supported by pgveil; use UTF8"
+            )));
+        }
+    }
+    let mut fwd: Vec<(String, String)> = p
+        .iter()
+        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fwd.push(("client_encoding".into(), "UTF8".into()));
+    fwd.push(("search_path".into(), server.search_path_setting()));
+    fwd.push(("standard_conforming_strings".into(), "on".into()));
+    Ok((user.clone(), fwd))
+}
+
+struct Authenticated {
+    user: String,
+    application_name: String,
+    upstream: UpstreamConn,
+    client_key: (i32, SecretKey),
+}
+
+async fn authenticate(server: &Arc<Server>, front: &mut Front, startup: &Startup) -> Result<Authenticated, ClientError> {
+    if server.require_tls() && !front.is_secure() {
+        return Err(ClientError::AuthRejected("pgveil requires TLS: connect with sslmode=require".into()));
+    }
+    protocol_negotiation(front, startup).await.map_err(|_| ClientError::Protocol("unsupported protocol version".into()))?;
+    let (user, fwd) = validate_startup(server, startup)?;
+    save_startup_parameters_to_metadata(front, startup);
+    let scram = if front.is_secure() { &server.scram_tls } else { &server.scram_plain };
+    let driver: AuthDriver<RelayParams, String> = AuthDriver::new(RelayParams);
+    let auth_failed = || ClientError::AuthFailed(user.clone());
+    driver.begin_authentication(front, scram.create()).await.map_err(|_| auth_failed())?;
+    loop {
+        let msg = match front.next().await {
+            Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
+            Some(Ok(_)) | Some(Err(_)) => return Err(ClientError::Protocol("expected a SASL response".into())),
+            None => return Err(auth_failed()),
+        };
+        match driver.advance_authentication(front, msg).await {
+            Ok(AuthOutcome::InProgress) => continue,
+            Ok(AuthOutcome::Authenticated { identity: Some(id), final_message }) if id == user => {
+                let upstream = server
+                    .upstream
+                    .connect(&server.config.upstream.database, &fwd)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "upstream connect failed");
+                        ClientError::UpstreamUnavailable
+                    })?;
+                front.session_extensions().insert(UpstreamParams(upstream.params.clone()));
+                driver
+                    .complete_authentication(front, final_message)
+                    .await
+                    .map_err(|_| ClientError::Protocol("could not complete startup".into()))?;
+                let client_key = front.pid_and_secret_key();
+                let application_name = startup.parameters.get("application_name").cloned().unwrap_or_default();
+                return Ok(Authenticated { user, application_name, upstream, client_key });
+            }
+            Ok(AuthOutcome::Authenticated { .. }) | Err(_) => return Err(auth_failed()),
+        }
+    }
+}
+

@@ -1,0 +1,234 @@
+//! The running proxy: shared state, accept loop, connection limit, cancel routing and
+//! graceful shutdown. One `Server` per process (or per test), no globals.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::messages::startup::SecretKey;
+use pgwire::tokio::tokio_rustls::rustls;
+use pgwire::tokio::TlsAcceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::ClientError;
+use crate::front::auth::CatalogAuth;
+use crate::front::startup::{handshake, Handshake};
+use crate::policy::PolicyStore;
+use crate::sql::RewriteCache;
+use crate::upstream::UpstreamTarget;
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("upstream configuration: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("policy catalog: {0}")]
+    Catalog(String),
+}
+
+/// Key of the cancel map: the (pid, secret) pgveil gave the client.
+type ClientKey = (i32, Vec<u8>);
+
+fn key_bytes(k: &SecretKey) -> Vec<u8> {
+    match k {
+        SecretKey::I32(i) => i.to_be_bytes().to_vec(),
+        SecretKey::Bytes(b) => b.to_vec(),
+    }
+}
+
+/// Shared state of one pgveil instance.
+pub struct Server {
+    pub config: Config,
+    pub store: Arc<PolicyStore>,
+    pub upstream: UpstreamTarget,
+    pub tls_acceptor: Option<TlsAcceptor>,
+    pub scram_plain: ScramAuth<String>,
+    pub scram_tls: ScramAuth<String>,
+    pub rewrites: RewriteCache,
+    sessions: Arc<Semaphore>,
+    cancel_map: Mutex<HashMap<ClientKey, (i32, i32)>>,
+    pub shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Build the shared state (TLS material is loaded here).
+    pub fn new(config: Config, store: Arc<PolicyStore>) -> Result<Arc<Server>, ServeError> {
+        let (tls_acceptor, cert_pem) = match &config.tls {
+            Some(t) => {
+                let (acc, pem) = load_tls(&t.cert, &t.key)?;
+                (Some(acc), Some(pem))
+            }
+            None => (None, None),
+        };
+        let auth = Arc::new(CatalogAuth::new(store.clone()));
+        let scram_plain = ScramAuth::new(auth.clone());
+        let mut scram_tls = ScramAuth::new(auth);
+        if let Some(pem) = cert_pem {
+            scram_tls.configure_certificate(&pem).map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
+        let upstream = UpstreamTarget::from_config(&config)?;
+        let rewrites = RewriteCache::new(config.catalog.rewrite_cache_capacity);
+        Ok(Arc::new(Server {
+            sessions: Arc::new(Semaphore::new(config.server.max_connections)),
+            config,
+            store,
+            upstream,
+            tls_acceptor,
+            scram_plain,
+            scram_tls,
+            rewrites,
+            cancel_map: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    pub fn require_tls(&self) -> bool {
+        self.config.tls.as_ref().is_some_and(|t| t.require_tls)
+    }
+
+    /// The pinned search_path as a setting value.
+    pub fn search_path_setting(&self) -> String {
+        self.config.server.search_path.iter().map(|s| format!("\"{}\"", s.replace('"', "\"\""))).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Number of sessions currently open.
+    pub fn active_sessions(&self) -> usize {
+        self.config.server.max_connections - self.sessions.available_permits()
+    }
+
+    fn register_cancel(&self, client: &(i32, SecretKey), upstream: (i32, i32)) {
+        if let Ok(mut m) = self.cancel_map.lock() {
+            m.insert((client.0, key_bytes(&client.1)), upstream);
+        }
+    }
+
+    fn unregister_cancel(&self, client: &(i32, SecretKey)) {
+        if let Ok(mut m) = self.cancel_map.lock() {
+            m.remove(&(client.0, key_bytes(&client.1)));
+        }
+    }
+
+    async fn cancel(&self, pid: i32, secret: &SecretKey) {
+        let target = self.cancel_map.lock().ok().and_then(|m| m.get(&(pid, key_bytes(secret))).copied());
+        if let Some((up_pid, up_secret)) = target {
+            if let Err(e) = self.upstream.cancel(up_pid, up_secret).await {
+                tracing::warn!(error = %e, "forwarding cancel request failed");
+            }
+        }
+    }
+
+    /// Accept connections until shutdown; then wait up to the grace period for sessions.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, addr)) => self.clone().spawn_connection(tcp, addr),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        self.tracker.close();
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(open = self.active_sessions(), "grace period over; closing remaining sessions");
+        }
+    }
+
+    fn spawn_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+        let permit = self.sessions.clone().try_acquire_owned().ok();
+        let span = tracing::info_span!("session", client = %addr, user = tracing::field::Empty, app = tracing::field::Empty);
+        let server = self.clone();
+        self.tracker.spawn(
+            async move {
+                let reject = permit.is_none().then_some(ClientError::TooManyConnections);
+                match handshake(&server, tcp, reject).await {
+                    Handshake::Session(started) => {
+                        let span = tracing::Span::current();
+                        span.record("user", started.user.as_str());
+                        span.record("app", started.application_name.as_str());
+                        let key = started.client_key.clone();
+                        server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
+                        tracing::info!("session started");
+                        crate::session::run(&server, *started, addr).await;
+                        server.unregister_cancel(&key);
+                        tracing::info!("session ended");
+                    }
+                    Handshake::Cancel { pid, secret } => server.cancel(pid, &secret).await,
+                    Handshake::Closed => {}
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(TlsAcceptor, Vec<u8>), ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
+    let pem = std::fs::read(cert).map_err(|e| err(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| err(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(&e))?;
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(cfg)), pem))
+}
+
+/// A started pgveil (used by `serve`, the demo and tests).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Arc<Server>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop accepting and wait for sessions (up to the grace period).
+    pub async fn shutdown(self) {
+        self.server.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Load the catalog, start the reload listener and the accept loop.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let listener = TcpListener::bind(config.listen_addr())
+        .await
+        .map_err(|e| ServeError::Bind(config.server.listen.clone(), e))?;
+    start_on(config, listener).await
+}
+
+/// As [`start`], on an already bound listener.
+pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, ServeError> {
+    let addr = listener.local_addr().map_err(|e| ServeError::Bind(config.server.listen.clone(), e))?;
+    let store = crate::control::initial_store(&config).await.map_err(|e| ServeError::Catalog(e.to_string()))?;
+    let server = Server::new(config, store)?;
+    crate::control::spawn_reloader(server.clone());
+    let task = tokio::spawn(server.clone().run(listener));
+    tracing::info!(%addr, "pgveil listening");
+    Ok(Running { addr, server, task })
+}

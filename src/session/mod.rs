@@ -1,0 +1,211 @@
+//! One client session after startup: two pumps relaying raw protocol bytes.
+//!
+//! client → upstream: frames each frontend message (5-byte header, size-bounded). Only
+//! `Query` ('Q'), `Parse` ('P') and `FunctionCall` ('F') carry SQL; for a restricted user they
+//! are enforced (rewritten or refused) and re-encoded; everything else is forwarded as is.
+//!
+//! upstream → client: forwarded as raw bytes without buffering whole messages, except
+//! `ErrorResponse` ('E'), which is inspected: a refusal is sent upstream as a marker statement
+//! that fails in PostgreSQL (`relation "pgveil_refusal_<token>_<n>" does not exist`), and the
+//! pump swaps that error for pgveil's own. PostgreSQL itself therefore provides the right
+//! message ordering, pipelining behaviour (skip until Sync) and transaction abort.
+
+mod frame;
+mod refusal;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use pgwire::messages::extendedquery::Parse;
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::{DecodeContext, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ClientError;
+use crate::front::startup::Started;
+use crate::server::Server;
+use crate::sql::{EnforceCtx, Verdict};
+use frame::{next_frame, Frame};
+pub use refusal::Refusals;
+
+/// Run the session until either side closes.
+pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
+    let Started { io, read_buf, user, upstream, .. } = started;
+    let (client_rd, client_wr) = tokio::io::split(io);
+    let (up_rd, up_wr) = tokio::io::split(upstream.stream);
+    let refusals = Arc::new(Refusals::new());
+    let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
+    let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
+    let to_client = upstream_to_client(up_rd, upstream.leftover, client_wr, refusals, server.clone());
+    tokio::select! {
+        r = to_upstream => if let Err(e) = r { tracing::debug!(error = %e, "client side ended") },
+        r = to_client => if let Err(e) = r { tracing::debug!(error = %e, "upstream side ended") },
+    }
+}
+
+/// Session I/O errors (never shown to the client as text).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+async fn client_to_upstream<R, W>(
+    server: &Arc<Server>,
+    mut rd: R,
+    mut buf: BytesMut,
+    mut up: W,
+    ctx: EnforceCtx,
+    refusals: Arc<Refusals>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max = server.config.server.max_message_bytes;
+    let mut out = BytesMut::with_capacity(8192);
+    loop {
+        loop {
+            let frame = match next_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    // Oversized or malformed: tell the client, end only this session.
+                    up.write_all(&out).await?;
+                    return Err(SessionError::Protocol(e.to_string()));
+                }
+            };
+            let terminate = frame.tag == b'X';
+            handle_frame(frame, &ctx, &refusals, &mut out)?;
+            if terminate {
+                up.write_all(&out).await?;
+                up.flush().await?;
+                return Ok(());
+            }
+        }
+        if !out.is_empty() {
+            up.write_all(&out).await?;
+            out.clear();
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Forward or rewrite one frontend message into `out`.
+fn handle_frame(frame: Frame, ctx: &EnforceCtx, refusals: &Refusals, out: &mut BytesMut) -> Result<(), SessionError> {
+    let decode_ctx = DecodeContext::default();
+    match frame.tag {
+        b'Q' => {
+            let q = Query::decode(&mut frame.bytes.clone(), &decode_ctx)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?
+                .ok_or_else(|| SessionError::Protocol("short Query".into()))?;
+            let sql = match ctx.enforce_simple(&q.query) {
+                Verdict::PassThrough => {
+                    out.extend_from_slice(&frame.bytes);
+                    return Ok(());
+                }
+                Verdict::Forward(sql) => sql,
+                Verdict::Refuse { prefix, error } => refusals.statement_with(prefix, error),
+            };
+            encode(&Query::new(sql), out)
+        }
+        b'P' => {
+            let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?
+                .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
+            let sql = match ctx.enforce_prepared(&p.query) {
+                Verdict::PassThrough => {
+                    out.extend_from_slice(&frame.bytes);
+                    return Ok(());
+                }
+                Verdict::Forward(sql) => sql,
+                Verdict::Refuse { error, .. } => refusals.statement_with(String::new(), error),
+            };
+            encode(&Parse::new(p.name, sql, p.type_oids), out)
+        }
+        b'F' if ctx.is_restricted() => {
+            // Fast-path function calls (large objects) bypass SQL: refuse for restricted users.
+            let err = ClientError::unsupported("pgveil does not allow fast-path function calls for restricted users");
+            encode(&Query::new(refusals.statement_with(String::new(), err)), out)
+        }
+        _ => {
+            out.extend_from_slice(&frame.bytes);
+            Ok(())
+        }
+    }
+}
+
+fn encode<M: Message>(m: &M, out: &mut BytesMut) -> Result<(), SessionError> {
+    m.encode(out).map_err(|e| SessionError::Protocol(e.to_string()))
+}
+
+async fn upstream_to_client<R, W>(
+    mut up: R,
+    mut buf: BytesMut,
+    mut client: W,
+    refusals: Arc<Refusals>,
+    server: Arc<Server>,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = &server;
+    let mut passthrough: usize = 0;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        loop {
+            if passthrough > 0 {
+                let n = passthrough.min(buf.len());
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+                buf.advance(n);
+                passthrough -= n;
+                continue;
+            }
+            if buf.len() < 5 {
+                break;
+            }
+            let tag = buf[0];
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len < 4 {
+                return Err(SessionError::Protocol("invalid message length from upstream".into()));
+            }
+            if tag != b'E' {
+                passthrough = len + 1;
+                continue;
+            }
+            if buf.len() < len + 1 {
+                buf.reserve(len + 1 - buf.len());
+                break;
+            }
+            let msg = buf.split_to(len + 1);
+            match refusals.replace(&msg) {
+                Some(replacement) => out.extend_from_slice(&replacement),
+                None => out.extend_from_slice(&msg),
+            }
+        }
+        if !out.is_empty() {
+            client.write_all(&out).await?;
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out = BytesMut::with_capacity(64 * 1024);
+            }
+        }
+        if buf.capacity() - buf.len() < 8192 && buf.is_empty() && buf.capacity() > 1 << 20 {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+        buf.reserve(8192);
+        if up.read_buf(&mut buf).await? == 0 {
+            client.flush().await?;
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Enforcement: parse → allow-list by statement kind → rewrite reads and writes → print →
+//! re-parse and re-check (the printer is not trusted) → forward. Anything not fully
+//! understood is refused for restricted users. Rewrites are cached in moka, keyed by the
+//! policy generation, the user's effective roles and the SQL text.
+
+mod functions;
+mod policy_sql;
+mod read;
+mod resolve;
+mod statement;
+mod write;
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sqlparser::ast::{Expr, Query, SelectItem, Statement, TableFactor, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::error::ClientError;
+use crate::policy::compile::ObjectPolicy;
+use crate::policy::{Effective, Snapshot};
+use crate::server::Server;
+pub use policy_sql::mask_sql as mask_expr;
+use read::Mode;
+
+/// What to send upstream for a message carrying SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Unrestricted user: forward the original bytes.
+    PassThrough,
+    /// Forward this (rewritten) SQL.
+    Forward(String),
+    /// Run `prefix` (checked statements before the refused one), then fail with `error`.
+    Refuse { prefix: String, error: ClientError },
+}
+
+/// Everything a rewrite depends on.
+pub struct Cx<'a> {
+    pub eff: &'a Effective,
+    pub snap: &'a Snapshot,
+    pub search_path: &'a [String],
+    pub database: &'a str,
+    pub max_depth: usize,
+    generated: RefCell<HashSet<String>>,
+    /// Objects read by the statement (for export checks).
+    touched: RefCell<Vec<String>>,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(eff: &'a Effective, snap: &'a Snapshot, search_path: &'a [String], database: &'a str, max_depth: usize) -> Self {
+        Cx {
+            eff,
+            snap,
+            search_path,
+            database,
+            max_depth,
+            generated: RefCell::new(HashSet::new()),
+            touched: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The compiled policy of a protected table.
+    pub fn object(&self, schema: &str, table: &str) -> Result<&'a ObjectPolicy, ClientError> {
+        let o = self
+            .eff
+            .object(schema, table)
+            .ok_or_else(|| ClientError::denied(format!("relation {schema}.{table} is unknown to pgveil")))?;
+        if o.missing {
+            return Err(ClientError::denied(format!(
+                "object {} refers to {schema}.{table}, which does not exist upstream",
+                o.object
+            )));
+        }
+        Ok(o)
+    }
+
+    fn parser(&self, sql: &str) -> Result<Parser<'static>, ClientError> {
+        static DIALECT: PostgreSqlDialect = PostgreSqlDialect {};
+        Parser::new(&DIALECT)
+            .with_recursion_limit(self.max_depth * 4)
+            .try_with_sql(sql)
+            .map_err(|e| ClientError::denied(format!("pgveil internal error building SQL: {e}")))
+    }
+
+    /// Parse SQL pgveil generated; registers its parent-scope policy subqueries as trusted.
+    pub fn parse_generated_expr(&self, sql: &str) -> Result<Expr, ClientError> {
+        let e = self.parser(sql)?.parse_expr().map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
+        self.register_parent_subqueries(&e);
+        Ok(e)
+    }
+
+    pub fn parse_generated_query(&self, sql: &str) -> Result<Query, ClientError> {
+        let q = self.parser(sql)?.parse_query().map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
+        self.register_parent_subqueries(&q);
+        Ok(*q)
+    }
+
+    pub fn parse_select_item(&self, sql: &str) -> Result<SelectItem, ClientError> {
+        let q = self.parse_generated_query(&format!("SELECT {sql}"))?;
+        match *q.body {
+            sqlparser::ast::SetExpr::Select(mut s) if s.projection.len() == 1 => Ok(s.projection.remove(0)),
+            _ => Err(ClientError::denied("pgveil internal error building RETURNING")),
+        }
+    }
+
+    /// Register a generated query (policy subquery) as trusted for the re-check.
+    pub fn register_query_text(&self, sql: &str) -> Result<Query, ClientError> {
+        let q = self.parse_generated_query(sql)?;
+        self.generated.borrow_mut().insert(q.to_string());
+        Ok(q)
+    }
+
+    fn register_parent_subqueries<T: Visit>(&self, node: &T) {
+        struct Reg<'r>(&'r RefCell<HashSet<String>>);
+        impl Visitor for Reg<'_> {
+            type Break = ();
+            fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+                if let TableFactor::Derived { subquery, alias: Some(a), .. } = tf {
+                    if a.name.value == "pgveil_parent" {
+                        self.0.borrow_mut().insert(subquery.to_string());
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = node.visit(&mut Reg(&self.generated));
+    }
+
+    pub fn is_generated(&self, q: &Query) -> bool {
+        self.generated.borrow().contains(&q.to_string())
+    }
+
+    /// The read policy subquery for `o`.
+    pub fn policy_subquery(&self, o: &ObjectPolicy) -> Result<Query, ClientError> {
+        self.touched.borrow_mut().push(o.object.clone());
+        self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0))
+    }
+
+    pub fn touched(&self) -> Vec<String> {
+        self.touched.borrow().clone()
+    }
+}
+
+/// 42501 for a missing object permission.
+pub fn denied_action(o: &ObjectPolicy, action: &str) -> ClientError {
+    let why = if o.denied.contains(action) { "an explicit deny rule removes it" } else { "none of your roles grants it" };
+    ClientError::Denied {
+        message: format!("permission denied for table {}: {} requires {}.{action} ({why})", o.table, action, o.object),
+        hint: Some("see your effective permissions with: SELECT * FROM pgveil_my_permissions".into()),
+    }
+}
+
+/// Parse user SQL with pgveil's limits.
+fn parse_user_sql(sql: &str, max_depth: usize) -> Result<Vec<Statement>, ClientError> {
+    static DIALECT: PostgreSqlDialect = PostgreSqlDialect {};
+    Parser::new(&DIALECT)
+        .with_recursion_limit(max_depth)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| match e {
+            sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                ClientError::TooComplex("statement nesting is too deep for pgveil".into())
+            }
+            e => ClientError::Unsupported {
+                message: format!("pgveil does not support this SQL syntax: {e}"),
+                hint: Some("pgveil refuses statements it cannot parse for users with restricted access".into()),
+            },
+        })
+}
+
+/// Re-parse printed SQL and check it: one statement, a fixed point of print∘parse, and no
+/// protected table read outside a generated policy subquery.
+fn recheck(cx: &Cx<'_>, printed: &str) -> Result<(), ClientError> {
+    let internal = |why: &str| ClientError::denied(format!("pgveil internal check failed: {why}"));
+    let mut stmts = parse_user_sql(printed, cx.max_depth * 4).map_err(|_| internal("rewritten SQL does not parse"))?;
+    if stmts.len() != 1 {
+        return Err(internal("rewritten SQL is not one statement"));
+    }
+    let mut stmt = stmts.remove(0);
+    if stmt.to_string() != printed {
+        return Err(internal("rewritten SQL does not print back identically"));
+    }
+    statement::visit_read_parts(cx, Mode::Verify, &mut stmt)
+}
+
+/// Enforce one unit of SQL text (a Query message, or a Parse message when `prepared`).
+pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
+    let stmts = match parse_user_sql(sql, cx.max_depth) {
+        Ok(s) => s,
+        Err(error) => return Verdict::Refuse { prefix: String::new(), error },
+    };
+    if prepared && stmts.len() > 1 {
+        return Verdict::Refuse {
+            prefix: String::new(),
+            error: ClientError::unsupported("cannot insert multiple commands into a prepared statement"),
+        };
+    }
+    let mut done: Vec<String> = Vec::new();
+    for mut stmt in stmts {
+        let checked = statement::enforce(cx, &mut stmt).and_then(|extra| {
+            let printed = stmt.to_string();
+            recheck(cx, &printed)?;
+            Ok(match extra {
+                Some(wrap) => wrap(printed),
+                None => printed,
+            })
+        });
+        match checked {
+            Ok(text) => done.push(text),
+            Err(error) => return Verdict::Refuse { prefix: done.join(";\n"), error },
+        }
+    }
+    Verdict::Forward(done.join(";\n"))
+}
+
+/// Cache of rewrites.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RewriteKey {
+    generation: u64,
+    user: String,
+    roles: Vec<String>,
+    prepared: bool,
+    sql: String,
+}
+
+/// moka cache of verdicts for restricted users.
+pub struct RewriteCache(moka::sync::Cache<RewriteKey, Arc<Verdict>>);
+
+impl RewriteCache {
+    pub fn new(capacity: u64) -> Self {
+        RewriteCache(moka::sync::Cache::new(capacity))
+    }
+    pub fn invalidate_all(&self) {
+        self.0.invalidate_all();
+    }
+}
+
+/// Per-session enforcement context.
+pub struct EnforceCtx {
+    server: Arc<Server>,
+    user: String,
+    ip: Option<IpAddr>,
+}
+
+impl EnforceCtx {
+    pub fn new(server: Arc<Server>, user: String, ip: Option<IpAddr>) -> Self {
+        EnforceCtx { server, user, ip }
+    }
+
+    fn effective(&self) -> (Arc<Snapshot>, Option<Arc<Effective>>) {
+        let store = &self.server.store;
+        let snap = store.snapshot();
+        let eff = store.effective_in(&snap, &self.user, chrono::Utc::now(), self.ip);
+        (snap, eff)
+    }
+
+    /// Is the user restricted right now? (Roles can expire inside a session.)
+    pub fn is_restricted(&self) -> bool {
+        !self.effective().1.is_some_and(|e| e.unrestricted)
+    }
+
+    pub fn enforce_simple(&self, sql: &str) -> Verdict {
+        self.enforce(sql, false)
+    }
+
+    pub fn enforce_prepared(&self, sql: &str) -> Verdict {
+        self.enforce(sql, true)
+    }
+
+    fn enforce(&self, sql: &str, prepared: bool) -> Verdict {
+        let (snap, eff) = self.effective();
+        let Some(eff) = eff else {
+            return Verdict::Refuse {
+                prefix: String::new(),
+                error: ClientError::denied(format!("user \"{}\" is disabled or no longer exists", self.user)),
+            };
+        };
+        if eff.unrestricted {
+            return Verdict::PassThrough;
+        }
+        let cfg = &self.server.config;
+        if sql.len() > cfg.server.max_query_bytes {
+            return Verdict::Refuse {
+                prefix: String::new(),
+                error: ClientError::TooComplex(format!(
+                    "statement of {} bytes exceeds pgveil's limit of {} bytes",
+                    sql.len(),
+                    cfg.server.max_query_bytes
+                )),
+            };
+        }
+        let key = RewriteKey {
+            generation: snap.generation,
+            user: self.user.clone(),
+            roles: eff.roles.clone(),
+            prepared,
+            sql: sql.to_owned(),
+        };
+        let verdict = self.server.rewrites.0.get_with_by_ref(&key, || {
+            let cx = Cx::new(&eff, &snap, &cfg.server.search_path, &cfg.upstream.database, cfg.server.max_sql_depth);
+            Arc::new(enforce_text(&cx, sql, prepared))
+        });
+        (*verdict).clone()
+    }
+}
