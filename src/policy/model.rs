@@ -144,7 +144,12 @@ pub struct Permission {
     pub role: String,
     pub object: String,
     pub action: String,
+    #[serde(default = "allow")]
     pub effect: Effect,
+}
+
+fn allow() -> Effect {
+    Effect::Allow
 }
 
 /// Data scope of a role on an object.

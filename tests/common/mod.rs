@@ -1,0 +1,97 @@
+//! Shared integration-test harness: a real PostgreSQL (initdb in a temp dir, free port), the
+//! demo CRM and policy, and pgveil in-process on a free port. Clients connect over TCP.
+#![allow(dead_code)]
+
+use pgveil::config::Config;
+use pgveil::embedded_pg::EmbeddedPg;
+use pgveil::server::Running;
+use tokio_postgres::{Client, NoTls};
+
+pub struct Env {
+    pub pg: EmbeddedPg,
+    pub cfg: Config,
+    pub running: Running,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
+        let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(&[])).await.unwrap().expect("start PostgreSQL");
+        let mut cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
+        pgveil::demo::provision(&pg, &cfg).await.expect("provision demo");
+        tweak(&mut cfg);
+        let running = pgveil::server::start(cfg.clone()).await.expect("start pgveil");
+        Env { pg, cfg, running }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.running.addr.port()
+    }
+
+    pub fn conn_str(&self, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={} dbname=crm",
+            self.port(),
+            pgveil::demo::password(user)
+        )
+    }
+
+    /// Connect through pgveil as a demo user.
+    pub async fn connect(&self, user: &str) -> Client {
+        self.try_connect(user).await.unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    }
+
+    pub async fn try_connect(&self, user: &str) -> Result<Client, tokio_postgres::Error> {
+        connect_str(&self.conn_str(user)).await
+    }
+
+    /// Connect directly to PostgreSQL as superuser (ground truth).
+    pub async fn direct(&self) -> Client {
+        connect_str(&self.pg.conn_str("crm")).await.expect("direct connect")
+    }
+
+    /// Run psql through pgveil as `user`; returns (success, stdout, stderr).
+    pub fn psql(&self, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(self.pg.bin_dir().join("psql"));
+        cmd.args(["-X", "-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", user, "-d", "crm"])
+            .args(args)
+            .env("PGPASSWORD", pgveil::demo::password(user))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn psql");
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+pub async fn connect_str(s: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(s, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// SQLSTATE of an error, as a string.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// Message of a database error.
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())
+}
