@@ -218,7 +218,12 @@ impl VisitorMut for ReadPass<'_, '_> {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_select(&mut self, _s: &mut Select) -> ControlFlow<ClientError> {
+    fn pre_visit_select(&mut self, s: &mut Select) -> ControlFlow<ClientError> {
+        if s.into.is_some() {
+            return ControlFlow::Break(ClientError::denied(
+                "permission denied: SELECT INTO creates a table, which is not allowed for restricted users",
+            ));
+        }
         self.selects.push(Vec::new());
         ControlFlow::Continue(())
     }

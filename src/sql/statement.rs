@@ -72,6 +72,10 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             }
             enforce(cx, statement).map(|_| None)
         }
+        Statement::Explain { analyze: true, .. } => Err(ClientError::Denied {
+            message: "permission denied: EXPLAIN ANALYZE is not allowed for restricted users".into(),
+            hint: Some("its row counts would reveal rows outside your data scope; use EXPLAIN".into()),
+        }),
         Statement::Explain { statement, .. } => {
             if !matches!(statement.as_ref(), Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) {
                 return Err(denied_kind("EXPLAIN of this statement"));

@@ -1,0 +1,280 @@
+//! Adversarial end-to-end tests: every bypass we know of, tried with a real client against a
+//! real PostgreSQL through pgveil. Each asserts that nothing leaked and nothing was written.
+//! THREAT_MODEL.md names these tests per vector.
+mod common;
+
+use common::{code, Env};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Integer cells of every row of every result of a simple query, or the SQLSTATE.
+async fn ints(c: &Client, sql: &str) -> Result<Vec<i64>, String> {
+    match c.simple_query(sql).await {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => Err(code(&e)),
+    }
+}
+
+async fn scalar(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Reads of customers outside rita's scope, in every disguise: each must be refused or
+/// return counts no larger than her scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_scope_cannot_be_bypassed() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let mine = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'rita'").await;
+    let total = scalar(&direct, "SELECT count(*) FROM customers").await;
+    assert!(mine < total);
+    let rita = env.connect("rita").await;
+    let attacks = [
+        "SELECT count(*) FROM customers",
+        "SELECT count(*) FROM public.customers",
+        "SELECT count(*) FROM \"customers\"",
+        "SELECT count(*) FROM CUSTOMERS",
+        "SELECT count(*) FROM crm.public.customers",
+        "SELECT count(*) FROM public . customers",
+        "WITH c AS (SELECT * FROM customers) SELECT count(*) FROM c",
+        "WITH customers AS (SELECT * FROM customers) SELECT count(*) FROM customers",
+        "WITH a AS (SELECT 1), customers AS (SELECT * FROM public.customers) SELECT count(*) FROM customers",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 1) SELECT count(*) FROM customers, r",
+        "SELECT count(*) FROM (SELECT * FROM customers) s",
+        "SELECT (SELECT count(*) FROM customers)",
+        "SELECT count(*) FROM customers UNION ALL SELECT count(*) FROM customers",
+        "SELECT count(*) FROM customers INTERSECT SELECT count(*) FROM customers",
+        "SELECT count(*) FROM LATERAL (SELECT * FROM customers) x",
+        "SELECT count(*) FROM customers c1 JOIN customers c2 USING (id)",
+        "SELECT count(*) FROM customers c1 LEFT JOIN customers c2 ON c1.id = c2.id",
+        "/* hi */ SELECT count(*) FROM customers -- there",
+        "SELECT count(*) FROM customers /* nested /* comment */ */",
+        "SELECT count(*) FROM customers WHERE id IN (SELECT customer_id FROM orders)",
+        "SELECT count(*) FROM customers WHERE EXISTS (SELECT 1)",
+        "SELECT count(*) FROM customers WHERE owner <> 'rita' OR true",
+        "SELECT count(*) FROM customers, pg_catalog.pg_class c WHERE c.relname = 'pg_class'",
+        "SELECT count(*) FROM (VALUES (1)) v, customers",
+        "SELECT count(*) FROM customers GROUP BY () HAVING true",
+        "SELECT count(*) FROM customers; SELECT count(*) FROM customers",
+        "SELECT 'x\\'' UNION SELECT count(*)::text FROM customers --'",
+        "SELECT \"count\"(*) FROM customers",
+        "SELECT count(*) FROM ONLY customers",
+        "SELECT count(*) FROM customers TABLESAMPLE SYSTEM (100)",
+        "SELECT count(*) FROM customers AS c(a, b, c)",
+        "SELECT count(*) FROM customers FOR UPDATE",
+        "SELECT count(*) FROM (TABLE customers) t",
+        "SELECT count(*) FROM rows from (generate_series(1,1)), customers",
+        "SELECT sum(x) FROM (SELECT 1 AS x FROM customers) s",
+    ];
+    for sql in attacks {
+        match ints(&rita, sql).await {
+            Ok(values) => {
+                for v in values {
+                    assert!(v <= mine, "LEAK: {sql} returned {v} > {mine}");
+                }
+            }
+            Err(code) => assert!(
+                ["42501", "0A000", "42P01", "42601", "42703", "54000", "42803"].contains(&code.as_str()),
+                "{sql}: unexpected {code}"
+            ),
+        }
+    }
+    // other owners are simply not there
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM customers WHERE owner = 'sam'").await, 0);
+    // joins through a child table only reach her customers
+    let mine_orders = scalar(&direct, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await;
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id").await, mine_orders);
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM orders o LEFT JOIN customers c ON c.id = o.customer_id WHERE c.id IS NULL").await, 0);
+    // payments inherit through orders → customers (two levels)
+    let mine_pay = scalar(&direct, "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await;
+    let maria = env.connect("maria").await;
+    let maria_pay = scalar(&direct, "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id JOIN customers c ON c.id = o.customer_id WHERE c.department IN ('sales', 'sales_east', 'sales_west')").await;
+    assert_eq!(scalar(&maria, "SELECT count(*) FROM payments").await, maria_pay);
+    let e = rita.simple_query("SELECT count(*) FROM payments").await.unwrap_err();
+    assert_eq!(code(&e), "42501", "rita has no payments permission ({mine_pay} would be hers)");
+}
+
+/// Data-exposing functions, catalogs and statements are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dangerous_functions_catalogs_and_statements_are_refused() {
+    let env = Env::start().await;
+    let rita = env.connect("rita").await;
+    for sql in [
+        "SELECT query_to_xml('select * from customers', true, true, '')",
+        "SELECT * FROM query_to_xml('select * from customers', true, true, '')",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT lo_import('/etc/passwd')",
+        "SELECT set_config('search_path', 'pg_temp', false)",
+        "SELECT pg_sleep(1)",
+        "SELECT * FROM pg_stats WHERE tablename = 'customers'",
+        "SELECT * FROM pg_statistic",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM pg_catalog.pg_authid",
+        "SELECT * FROM pg_largeobject",
+        "SELECT * FROM pgveil.users",
+        "SELECT * FROM internal_salaries",
+        "SELECT * FROM public.internal_salaries s JOIN customers c ON true",
+        "SET search_path = pg_temp, public",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "SET standard_conforming_strings = off",
+        "RESET ALL",
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "CALL some_proc()",
+        "CREATE TABLE x AS SELECT * FROM customers",
+        "SELECT * INTO stolen FROM customers",
+        "CREATE VIEW v AS SELECT * FROM customers",
+        "GRANT ALL ON customers TO public",
+        "COPY customers TO '/tmp/x'",
+        "COPY customers TO PROGRAM 'cat'",
+        "COPY customers FROM '/etc/passwd'",
+        "COPY customers TO STDOUT",
+        "LOAD 'auto_explain'",
+        "ALTER SYSTEM SET fsync = off",
+        "TRUNCATE customers",
+        "WITH d AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM d",
+        "WITH u AS (UPDATE customers SET notes = 'x' RETURNING 1) SELECT 1",
+        "MERGE INTO customers c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN DELETE",
+        "EXPLAIN ANALYZE SELECT * FROM customers",
+        "PREPARE p AS DELETE FROM customers",
+        "VACUUM customers",
+        "SELECT * FROM dblink('dbname=crm', 'select 1') AS t(x int)",
+    ] {
+        let e = rita.simple_query(sql).await.expect_err(sql);
+        assert!(["42501", "0A000"].contains(&code(&e).as_str()), "{sql}: {e}");
+    }
+    // nothing was created or changed
+    let direct = env.direct().await;
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'v', 'stolen')").await, 0);
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers").await, 2000);
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await, 0);
+    // structural catalogs stay readable (BI introspection)
+    assert!(scalar(&rita, "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'customers'").await == 1);
+    assert!(scalar(&rita, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'customers'").await > 5);
+}
+
+/// Invisible fields are NULL before any filter, sort, group, aggregate or whole-row access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_fields_cannot_be_probed() {
+    let env = Env::start().await;
+    let tom = env.connect("tom").await;
+    for sql in [
+        "SELECT count(*) FROM customers WHERE phone IS NOT NULL",
+        "SELECT count(*) FROM customers WHERE phone LIKE '+1-555-%'",
+        "SELECT count(*) FROM customers c WHERE c.phone = '+1-555-1002'",
+        "SELECT count(*) FROM customers WHERE length(phone) > 0",
+        "SELECT count(DISTINCT phone) FROM customers",
+        "SELECT count(*) FROM customers c WHERE c::text LIKE '%+1-555%'",
+        "SELECT count(*) FROM customers c WHERE row_to_json(c)::text LIKE '%+1-555%'",
+        "SELECT count(*) FROM (SELECT * FROM customers) s WHERE s.phone IS NOT NULL",
+        "SELECT count(*) FROM customers WHERE credit_limit > 0",
+        "SELECT count(*) FROM customers WHERE notes IS NOT NULL",
+        "SELECT count(*) FROM (SELECT count(*) OVER (PARTITION BY phone) AS n FROM customers) w WHERE n < 10",
+        "SELECT count(*) FROM customers GROUP BY phone HAVING phone IS NOT NULL",
+        "SELECT count(*) FROM customers WHERE (phone, 1) IS NOT NULL",
+    ] {
+        match ints(&tom, sql).await {
+            Ok(v) => assert!(v.iter().all(|n| *n == 0), "LEAK: {sql} -> {v:?}"),
+            Err(c) => assert!(["42501", "0A000"].contains(&c.as_str()), "{sql}: {c}"),
+        }
+    }
+    let max: Option<String> = tom.query_one("SELECT max(phone) FROM customers", &[]).await.unwrap().get(0);
+    assert_eq!(max, None);
+    // star expansion keeps the column (as NULL) so apps keep working
+    let row = tom.query_one("SELECT * FROM customers ORDER BY id LIMIT 1", &[]).await.unwrap();
+    assert!(row.columns().iter().any(|c| c.name() == "phone"));
+    assert!(row.get::<_, Option<String>>("phone").is_none());
+    // inherited field rule (Telemarketer inherits Guest): email partially masked
+    let email: String = tom.query_one("SELECT email FROM customers ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
+    assert!(email.starts_with('*') && !email.contains("contact"), "{email}");
+}
+
+/// Stacked roles: a field is visible on the records of the role that shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_roles_merge_per_record() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let dana = env.connect("dana").await;
+    // union of scopes: her assigned customers + the sales_west department
+    let expected = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'dana' OR department = 'sales_west'").await;
+    assert_eq!(scalar(&dana, "SELECT count(*) FROM customers").await, expected);
+    // phone visible exactly on her own customers (Sales Representative), hidden elsewhere
+    let own = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'dana'").await;
+    assert_eq!(scalar(&dana, "SELECT count(phone) FROM customers").await, own);
+    assert_eq!(scalar(&dana, "SELECT count(phone) FROM customers WHERE owner <> 'dana'").await, 0);
+}
+
+/// Writes: permissions, field levels, scopes, bulk limits; nothing partial remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_confined() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let rita = env.connect("rita").await;
+    let before: i64 = scalar(&direct, "SELECT count(*) FROM customers").await;
+
+    // out-of-scope update touches nothing
+    let n = rita.execute("UPDATE customers SET notes = 'pwned' WHERE owner = 'sam'", &[]).await.unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'pwned'").await, 0);
+    // in-scope single-row update works
+    let id: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'rita'", &[]).await.unwrap().get(0);
+    assert_eq!(rita.execute("UPDATE customers SET notes = 'called' WHERE id = $1", &[&id]).await.unwrap(), 1);
+    // reassigning a record away from her scope is refused and nothing changes
+    let e = rita.execute("UPDATE customers SET owner = 'sam' WHERE id = $1", &[&id]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert_eq!(scalar(&direct, &format!("SELECT count(*) FROM customers WHERE id = {id} AND owner = 'rita'")).await, 1);
+    // bulk update (rita has 500 customers, threshold 100, bulk off): undone atomically
+    let e = rita.execute("UPDATE customers SET region = 'bulk'", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE region = 'bulk'").await, 0);
+    // no delete permission
+    let e = rita.execute("DELETE FROM customers WHERE id = $1", &[&id]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // insert for another owner refused, nothing inserted
+    let e = rita
+        .execute("INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    // insert with the owner omitted: filled from her identity
+    rita.execute("INSERT INTO customers (name, department) VALUES ('mine', 'sales_east')", &[]).await.unwrap();
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'mine' AND owner = 'rita'").await, 1);
+    // prepared insert with parameters
+    rita.execute("INSERT INTO customers (name, department, credit_limit) VALUES ($1, $2, 10)", &[&"mine2", &"sales_east"])
+        .await
+        .unwrap();
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'mine2' AND owner = 'rita'").await, 1);
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers").await, before + 2);
+    // ON CONFLICT DO UPDATE cannot reach someone else's record
+    let other: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'dana'", &[]).await.unwrap().get(0);
+    let _ = rita
+        .execute(
+            "INSERT INTO customers (id, name, department) VALUES ($1, 'x', 'sales_east') ON CONFLICT (id) DO UPDATE SET name = 'hijacked'",
+            &[&other],
+        )
+        .await;
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'hijacked'").await, 0);
+    // Staff: credit_limit is read-only
+    let sam = env.connect("sam").await;
+    let e = sam.execute("UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(common::message(&e).contains("credit_limit"), "{}", common::message(&e));
+    // Telemarketer: no edit at all
+    let tom = env.connect("tom").await;
+    let e = tom.execute("UPDATE customers SET notes = 'x' WHERE id = 4", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // copying an invisible value into a visible one is refused (dana: phone hidden off her records)
+    let dana = env.connect("dana").await;
+    let e = dana.execute("UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // RETURNING obeys field rules
+    let gina_like = env.connect("carl").await;
+    let e = gina_like.query("UPDATE orders SET status = status WHERE id = 1 RETURNING amount", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await, 0);
+}
