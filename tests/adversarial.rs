@@ -278,3 +278,23 @@ async fn writes_are_confined() {
     assert_eq!(code(&e), "42501");
     assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await, 0);
 }
+
+/// Error-message oracle: an error-raising predicate must not be evaluated on rows outside the
+/// scope (that would reveal their existence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_oracle_does_not_reveal_out_of_scope_rows() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let other: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'sam'", &[]).await.unwrap().get(0);
+    let name: String = direct.query_one("SELECT name FROM customers WHERE id = $1", &[&other]).await.unwrap().get(0);
+    let rita = env.connect("rita").await;
+    for sql in [
+        "SELECT count(*) FROM customers WHERE 1 / (CASE WHEN owner = 'sam' THEN 0 ELSE 1 END) = 1".to_owned(),
+        format!("SELECT count(*) FROM customers WHERE CASE WHEN name = '{name}' THEN 1 / (id - id) ELSE 1 END = 1"),
+        format!("SELECT count(*) FROM customers WHERE (CASE WHEN id = {other} THEN 'x' ELSE '1' END)::int = 1"),
+        "SELECT count(*) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE 1 / (CASE WHEN c.owner = 'sam' THEN 0 ELSE 1 END) = 1".to_owned(),
+    ] {
+        let r = rita.simple_query(&sql).await;
+        assert!(r.is_ok(), "ORACLE: {sql} raised {:?}", r.err());
+    }
+}
