@@ -70,7 +70,11 @@ const ALLOWED: &[&str] = &[
     "pg_is_other_temp_schema", "pg_my_temp_schema", "pg_postmaster_start_time", "pg_index_column_has_property",
     "pg_get_constraintdef", "pg_options_to_table", "pg_get_publication_tables", "col_has_default",
     "pg_column_is_updatable", "pg_relation_is_updatable", "pg_get_indexdef", "pg_sequence_parameters",
-    "pg_get_function_sqlbody",
+    "pg_get_function_sqlbody", "pg_partition_ancestors", "pg_partition_root", "pg_partition_tree",
+    "pg_get_statisticsobjdef_columns", "pg_get_statisticsobjdef_expressions", "pg_relation_filenode",
+    "pg_get_replica_identity_index", "regexp_like",
+    // ARRAY(subquery) is parsed as a function call; its subquery is rewritten like any other
+    "array",
 ];
 
 /// Decide whether `name` (folded parts, optional schema) may be called.

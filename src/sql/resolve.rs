@@ -51,7 +51,8 @@ const PG_CATALOG_READABLE: &[&str] = &[
     "pg_settings", "pg_shdescription", "pg_statistic_ext", "pg_tables", "pg_tablespace",
     "pg_timezone_abbrevs", "pg_timezone_names", "pg_trigger", "pg_ts_config", "pg_ts_dict",
     "pg_ts_parser", "pg_ts_template", "pg_type", "pg_views", "pg_user", "pg_shseclabel", "pg_seclabel",
-    "pg_transform", "pg_publication_rel", "pg_subscription_rel",
+    "pg_transform", "pg_publication_rel", "pg_subscription_rel", "pg_publication_namespace",
+    "pg_publication_tables",
 ];
 
 const INFORMATION_SCHEMA_READABLE: &[&str] = &[
