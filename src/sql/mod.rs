@@ -145,6 +145,62 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// Virtual relation listing the current user's effective permissions.
+pub const MY_PERMISSIONS: &str = "pgveil_my_permissions";
+
+/// `(kind, object, name, detail)` rows describing `eff`.
+pub fn my_permissions_sql(eff: &Effective) -> String {
+    use crate::policy::compile::{describe_pred, ColumnRead};
+    use policy_sql::literal;
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for r in &eff.roles {
+        rows.push(["role".into(), String::new(), r.clone(), String::new()]);
+    }
+    for p in &eff.system_permissions {
+        rows.push(["system".into(), String::new(), p.clone(), String::new()]);
+    }
+    let r = &eff.restrictions;
+    rows.push([
+        "restriction".into(),
+        String::new(),
+        "limits".into(),
+        format!(
+            "bulk_operations={} bulk_threshold={} data_export={} max_rows={}",
+            r.bulk_operations,
+            r.bulk_threshold,
+            r.data_export,
+            r.max_rows.map_or("unlimited".to_owned(), |m| m.to_string())
+        ),
+    ]);
+    for o in eff.objects.values() {
+        for a in &o.actions {
+            let scope = match a.as_str() {
+                "list" | "view" => describe_pred(&o.read, o),
+                "edit" => describe_pred(&o.edit, o),
+                "create" => describe_pred(&o.create, o),
+                "delete" => describe_pred(&o.delete, o),
+                _ => String::new(),
+            };
+            rows.push(["action".into(), o.object.clone(), a.clone(), scope]);
+        }
+        for c in &o.columns {
+            let read = match &c.read {
+                ColumnRead::Visible => None,
+                ColumnRead::Hidden(m) => Some(format!("invisible (mask {})", m.as_str())),
+                ColumnRead::When(p, m) => Some(format!("visible where {}, else mask {}", describe_pred(p, o), m.as_str())),
+            };
+            if read.is_some() || c.level != crate::policy::model::FieldLevel::ReadWrite {
+                rows.push(["field".into(), o.object.clone(), c.name.clone(), read.unwrap_or_else(|| c.level.as_str().to_owned())]);
+            }
+        }
+    }
+    let values: Vec<String> = rows
+        .iter()
+        .map(|r| format!("({}, {}, {}, {})", literal(&r[0]), literal(&r[1]), literal(&r[2]), literal(&r[3])))
+        .collect();
+    format!("SELECT * FROM (VALUES {}) AS p(kind, object, name, detail)", values.join(", "))
+}
+
 /// 42501 for a missing object permission.
 pub fn denied_action(o: &ObjectPolicy, action: &str) -> ClientError {
     let why = if o.denied.contains(action) { "an explicit deny rule removes it" } else { "none of your roles grants it" };

@@ -85,6 +85,17 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             if self.cte_visible(&n) {
                 return Ok(());
             }
+            if n == super::MY_PERMISSIONS {
+                let subquery = self.cx.parse_generated_query(&super::my_permissions_sql(self.cx.eff))?;
+                let alias = alias.take().unwrap_or_else(|| TableAlias {
+                    explicit: true,
+                    at: None,
+                    name: sqlparser::ast::Ident::new(super::MY_PERMISSIONS),
+                    columns: vec![],
+                });
+                *tf = TableFactor::Derived { lateral: false, subquery: Box::new(subquery), alias: Some(alias), sample: None };
+                return Ok(());
+            }
         }
         let (schema, table) = match resolve(self.cx.snap, self.cx.search_path, self.cx.database, name)? {
             Resolved::Catalog(..) => return Ok(()),
