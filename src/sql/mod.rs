@@ -273,7 +273,7 @@ pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
     Verdict::Forward(done.join(";\n"))
 }
 
-/// Cache of rewrites.
+/// Cache of rewrites: keyed by everything a rewrite depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RewriteKey {
     generation: u64,
@@ -293,6 +293,29 @@ impl RewriteCache {
     pub fn invalidate_all(&self) {
         self.0.invalidate_all();
     }
+
+    /// Enforce `sql` for `eff` (computed from `snap`), using the cache.
+    pub fn enforce(&self, limits: &Limits<'_>, snap: &Snapshot, eff: &Effective, sql: &str, prepared: bool) -> Verdict {
+        let key = RewriteKey {
+            generation: snap.generation,
+            user: eff.user.clone(),
+            roles: eff.roles.clone(),
+            prepared,
+            sql: sql.to_owned(),
+        };
+        let verdict = self.0.get_with_by_ref(&key, || {
+            let cx = Cx::new(eff, snap, limits.search_path, limits.database, limits.max_depth);
+            Arc::new(enforce_text(&cx, sql, prepared))
+        });
+        (*verdict).clone()
+    }
+}
+
+/// Session-independent settings a rewrite depends on.
+pub struct Limits<'a> {
+    pub search_path: &'a [String],
+    pub database: &'a str,
+    pub max_depth: usize,
 }
 
 /// Per-session enforcement context.
@@ -349,17 +372,11 @@ impl EnforceCtx {
                 )),
             };
         }
-        let key = RewriteKey {
-            generation: snap.generation,
-            user: self.user.clone(),
-            roles: eff.roles.clone(),
-            prepared,
-            sql: sql.to_owned(),
+        let limits = Limits {
+            search_path: &cfg.server.search_path,
+            database: &cfg.upstream.database,
+            max_depth: cfg.server.max_sql_depth,
         };
-        let verdict = self.server.rewrites.0.get_with_by_ref(&key, || {
-            let cx = Cx::new(&eff, &snap, &cfg.server.search_path, &cfg.upstream.database, cfg.server.max_sql_depth);
-            Arc::new(enforce_text(&cx, sql, prepared))
-        });
-        (*verdict).clone()
+        self.server.rewrites.enforce(&limits, &snap, &eff, sql, prepared)
     }
 }

@@ -1,0 +1,175 @@
+//! pgbench harness: the same workloads directly against PostgreSQL, through pgveil as an
+//! unrestricted user, through pgveil as a restricted user (pgbench_accounts protected with a
+//! row scope), and through PgBouncer (session mode) when it is installed.
+//!
+//! Run: cargo bench --bench proxy            (PGVEIL_BENCH_SECONDS=10 by default)
+
+use std::path::Path;
+use std::process::Command;
+
+use pgveil::embedded_pg::{free_port, EmbeddedPg};
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+struct Outcome {
+    tps: f64,
+    latency_ms: f64,
+}
+
+fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) -> Option<Outcome> {
+    let jobs = clients.min(2).to_string();
+    let out = Command::new(bin.join("pgbench"))
+        .args(["-n", "-h", "127.0.0.1", "-p", &t.port.to_string(), "-U", &t.user])
+        .args(["-c", &clients.to_string(), "-j", &jobs, "-T", &seconds.to_string()])
+        .args(args)
+        .arg("crm")
+        .env("PGPASSWORD", &t.password)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!("pgbench failed for {}: {}{}", t.name, text, String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let num = |prefix: &str| -> Option<f64> {
+        text.lines().find(|l| l.starts_with(prefix))?.split(['=', ' ']).filter_map(|w| w.parse().ok()).next()
+    };
+    Some(Outcome { tps: num("tps")?, latency_ms: num("latency average")? })
+}
+
+const BENCH_POLICY: &str = "
+INSERT INTO pgveil.departments (id, name) VALUES ('1', 'Branch 1');
+INSERT INTO pgveil.objects (name, table_name, primary_key, department_column) VALUES
+    ('pgbench_accounts', 'pgbench_accounts', 'aid', 'bid');
+INSERT INTO pgveil.objects (name, table_name, primary_key) VALUES
+    ('pgbench_branches', 'pgbench_branches', 'bid'), ('pgbench_tellers', 'pgbench_tellers', 'tid'),
+    ('pgbench_history', 'pgbench_history', 'tid');
+SELECT pgveil.create_role('Bench Teller');
+SELECT pgveil.grant_permission('Bench Teller', o, ARRAY['list', 'view', 'edit', 'create'], 'all')
+    FROM unnest(ARRAY['pgbench_branches', 'pgbench_tellers', 'pgbench_history']) o;
+SELECT pgveil.grant_permission('Bench Teller', 'pgbench_accounts', ARRAY['list', 'view', 'edit'], 'department');
+INSERT INTO pgveil.users (name, owner_value, department_id) VALUES ('bench', 'bench', '1');
+SELECT pgveil.assign_role('bench', 'Bench Teller');
+";
+
+fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::process::Child)> {
+    let bin = which("pgbouncer")?;
+    let dir = tempfile::tempdir().ok()?;
+    let port = free_port().ok()?;
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\ncrm = host=127.0.0.1 port={} dbname=crm\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             auth_type = scram-sha-256\nauth_file = {}/users.txt\npool_mode = session\nmax_client_conn = 200\n\
+             default_pool_size = 40\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+            pg.port(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .ok()?;
+    std::fs::write(
+        dir.path().join("users.txt"),
+        format!("\"{}\" \"{}\"\n", pgveil::demo::SERVICE_USER, pgveil::demo::SERVICE_PASSWORD),
+    )
+    .ok()?;
+    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin)
+        .arg(&ini)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    Some((dir, port, child))
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .chain([Path::new("/usr/sbin").join(name)])
+        .find(|p| p.exists())
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // cargo bench --list / cargo test --benches
+    }
+    let seconds: u32 = std::env::var("PGVEIL_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let pg = EmbeddedPg::start(&["max_connections = 200"])?;
+    let bin = pg.bin_dir().to_owned();
+    let cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
+    rt.block_on(pgveil::demo::provision(&pg, &cfg))?;
+    let init = Command::new(bin.join("pgbench"))
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", pgveil::demo::SERVICE_USER, "crm"])
+        .env("PGPASSWORD", pgveil::demo::SERVICE_PASSWORD)
+        .output()?;
+    anyhow::ensure!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    rt.block_on(async {
+        let c = pgveil::control::connect(&cfg, "crm", None).await?;
+        c.batch_execute(BENCH_POLICY).await?;
+        c.execute(
+            "UPDATE pgveil.users SET password_verifier = $1 WHERE name = 'bench'",
+            &[&pgveil::policy::password::make_verifier(&pgveil::demo::password("bench"))],
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+    let running = rt.block_on(pgveil::server::start(cfg))?;
+    let mut targets = vec![
+        Target { name: "direct", port: pg.port(), user: pg.superuser.clone(), password: pg.password.clone() },
+        Target { name: "pgveil", port: running.addr.port(), user: "admin".into(), password: pgveil::demo::password("admin") },
+        Target { name: "pgveil-restricted", port: running.addr.port(), user: "bench".into(), password: pgveil::demo::password("bench") },
+    ];
+    let bouncer = start_pgbouncer(&pg);
+    if let Some((_, port, _)) = &bouncer {
+        targets.push(Target {
+            name: "pgbouncer",
+            port: *port,
+            user: pgveil::demo::SERVICE_USER.into(),
+            password: pgveil::demo::SERVICE_PASSWORD.into(),
+        });
+    } else {
+        println!("(pgbouncer not installed: skipping that target)");
+    }
+    let workloads: [(&str, &[&str]); 4] = [
+        ("select-only -M simple", &["-S", "-M", "simple"]),
+        ("select-only -M extended", &["-S", "-M", "extended"]),
+        ("select-only -M prepared", &["-S", "-M", "prepared"]),
+        ("tpcb-like (default)", &[]),
+    ];
+    println!("pgbench {seconds}s per run, scale 1, PostgreSQL {}", pg.port());
+    println!("{:<26} {:>3}  {:<18} {:>10} {:>10} {:>8} {:>9}", "workload", "c", "target", "tps", "lat ms", "ratio", "+us/query");
+    for (name, args) in workloads {
+        for clients in [1u32, 16] {
+            let mut direct: Option<Outcome> = None;
+            for t in &targets {
+                let Some(o) = pgbench(&bin, t, args, clients, seconds) else { continue };
+                let (ratio, added) = match &direct {
+                    Some(d) => (o.tps / d.tps, (o.latency_ms - d.latency_ms) * 1000.0),
+                    None => (1.0, 0.0),
+                };
+                println!("{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>8.3} {:>9.0}", t.name, o.tps, o.latency_ms, ratio, added);
+                if t.name == "direct" {
+                    direct = Some(o);
+                }
+            }
+        }
+    }
+    if let Some((_, _, mut child)) = bouncer {
+        let _ = child.kill();
+    }
+    rt.block_on(running.shutdown());
+    Ok(())
+}
