@@ -92,3 +92,105 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
     rita.simple_query("ROLLBACK").await.unwrap();
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_without_list_deny_max_rows_and_export() {
+    let env = Env::start().await;
+    // sid: customers.view (details) but not list → primary-key lookups only
+    let sid = env.connect("sid").await;
+    let e = sid.query("SELECT * FROM customers", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("list"), "{}", message(&e));
+    let e = sid.query("SELECT * FROM customers WHERE id > 5", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let row = sid.query_one("SELECT name, credit_limit::text FROM customers WHERE id = $1", &[&5i32]).await.unwrap();
+    let truth: String = env.direct().await.query_one("SELECT name FROM customers WHERE id = 5", &[]).await.unwrap().get(0);
+    assert_eq!(row.get::<_, String>(0), truth);
+    assert!(row.get::<_, Option<String>>(1).is_none(), "credit_limit invisible for shipping");
+    // explicit deny on opportunities
+    let e = sid.query("SELECT * FROM opportunities", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("deny"), "{}", message(&e));
+    // carl: max 500 rows per query; tickets scope is all (1500): fails cleanly, no partial rows
+    let carl = env.connect("carl").await;
+    let e = carl.query("SELECT id FROM tickets", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e}");
+    assert_eq!(carl.query("SELECT id FROM tickets ORDER BY id LIMIT 500", &[]).await.unwrap().len(), 500);
+    // export: maria may export customers (COPY returns only her scope)
+    let maria = env.connect("maria").await;
+    use futures::StreamExt;
+    let s = maria.copy_out("COPY customers TO STDOUT").await.unwrap();
+    futures::pin_mut!(s);
+    let mut bytes = Vec::new();
+    while let Some(c) = s.next().await {
+        bytes.extend_from_slice(&c.unwrap());
+    }
+    let lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as i64;
+    let direct = env.direct().await;
+    let expected: i64 = direct
+        .query_one("SELECT count(*) FROM customers WHERE department IN ('sales', 'sales_east', 'sales_west')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lines, expected);
+    // carl has data_export but no tickets.export permission
+    let Err(e) = carl.copy_out("COPY (SELECT id FROM tickets LIMIT 1) TO STDOUT").await else { panic!("export allowed") };
+    assert_eq!(code(&e), "42501");
+    // rita: data export disabled for her role
+    let rita = env.connect("rita").await;
+    let Err(e) = rita.copy_out("COPY (SELECT id FROM customers) TO STDOUT").await else { panic!("export allowed") };
+    assert_eq!(code(&e), "42501");
+    // COPY FROM: rita's create scope is not `all` → refused; nothing imported
+    let Err(e) = rita.copy_in::<_, bytes::Bytes>("COPY customers (name, department) FROM STDIN").await else { panic!("import allowed") };
+    assert_eq!(code(&e), "42501");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_sql_prepare_pipelines_and_multi_statements() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let mine: i64 = direct.query_one("SELECT count(*) FROM customers WHERE owner = 'rita'", &[]).await.unwrap().get(0);
+    let rita = env.connect("rita").await;
+    // cursors read through the policy
+    rita.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id FROM customers").await.unwrap();
+    let msgs = rita.simple_query("FETCH ALL FROM c").await.unwrap();
+    let n = msgs.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count() as i64;
+    assert_eq!(n, mine);
+    rita.batch_execute("CLOSE c; COMMIT").await.unwrap();
+    // SQL-level PREPARE / EXECUTE
+    rita.batch_execute("PREPARE p(int) AS SELECT count(*) FROM customers WHERE id > $1").await.unwrap();
+    let msgs = rita.simple_query("EXECUTE p(0)").await.unwrap();
+    let got: i64 = msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(got, mine);
+    // multi-statement: statements before the refused one run, the refused one fails, later ones do not
+    let e = rita
+        .simple_query("SELECT 1; SELECT * FROM internal_salaries; SELECT 2")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // pipelined extended-protocol batch: refused statement fails at its position, others succeed
+    let (a, b, c) = tokio::join!(
+        rita.query_one("SELECT count(*) FROM customers", &[]),
+        rita.query("SELECT * FROM internal_salaries", &[]),
+        rita.query_one("SELECT count(*) FROM products", &[])
+    );
+    assert_eq!(a.unwrap().get::<_, i64>(0), mine);
+    assert_eq!(code(&b.unwrap_err()), "42501");
+    assert_eq!(c.unwrap().get::<_, i64>(0), 200);
+    // EXPLAIN shows only the user's view
+    let plan = rita.simple_query("EXPLAIN SELECT * FROM customers").await.unwrap();
+    let text: String = plan
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert!(text.contains("rita"), "{text}");
+}
