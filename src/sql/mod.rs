@@ -145,6 +145,25 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// Printed policy subqueries of every object for `eff` (for independent checks in tests).
+pub fn policy_query_texts(eff: &Effective) -> Vec<String> {
+    static DIALECT: PostgreSqlDialect = PostgreSqlDialect {};
+    let mut out = Vec::new();
+    for o in eff.objects.values() {
+        let texts = (0..3)
+            .map(|d| policy_sql::read_subquery(eff, o, d))
+            .chain([&o.edit, &o.delete].map(|p| policy_sql::scoped_rows(eff, o, p)));
+        for text in texts {
+            if let Ok(mut p) = Parser::new(&DIALECT).try_with_sql(&text) {
+                if let Ok(q) = p.parse_query() {
+                    out.push(q.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Virtual relation listing the current user's effective permissions.
 pub const MY_PERMISSIONS: &str = "pgveil_my_permissions";
 

@@ -115,6 +115,13 @@ pub fn read_subquery(eff: &Effective, o: &ObjectPolicy, depth: usize) -> String 
     )
 }
 
+/// All columns of the rows of `o` admitted by `p`, unmasked: used only inside write checks
+/// (counting rows for bulk limits), never returned to the client.
+pub fn scoped_rows(eff: &Effective, o: &ObjectPolicy, p: &RowPred) -> String {
+    let plain = |c: &str| ident(c);
+    format!("SELECT * FROM {}.{} WHERE {}", ident(&o.schema), ident(&o.table), pred_sql(eff, o, p, &plain, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

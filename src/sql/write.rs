@@ -192,8 +192,7 @@ fn bulk_check(cx: &Cx<'_>, o: &ObjectPolicy, what: &str, count_sql: &str) -> Res
 
 /// Rows of the target in a scope, as a trusted derived table for counting.
 fn scoped_target(cx: &Cx<'_>, o: &ObjectPolicy, p: &RowPred, alias: &str) -> Result<String, ClientError> {
-    let plain = |c: &str| ident(c);
-    let inner = format!("SELECT * FROM {}.{} WHERE {}", ident(&o.schema), ident(&o.table), pred_sql(cx.eff, o, p, &plain, 0));
+    let inner = super::policy_sql::scoped_rows(cx.eff, o, p);
     cx.register_query_text(&inner)?;
     Ok(format!("({inner}) AS {}", ident(alias)))
 }
