@@ -101,7 +101,12 @@ impl Server {
 
     /// The pinned search_path as a setting value.
     pub fn search_path_setting(&self) -> String {
-        self.config.server.search_path.iter().map(|s| format!("\"{}\"", s.replace('"', "\"\""))).collect::<Vec<_>>().join(", ")
+        let quote = |s: &String| {
+            let plain = s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !s.starts_with(|c: char| c.is_ascii_digit());
+            if plain { s.clone() } else { format!("\"{}\"", s.replace('"', "\"\"")) }
+        };
+        self.config.server.search_path.iter().map(quote).collect::<Vec<_>>().join(", ")
     }
 
     /// Number of sessions currently open.

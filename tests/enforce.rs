@@ -194,3 +194,30 @@ async fn cursors_sql_prepare_pipelines_and_multi_statements() {
         .collect();
     assert!(text.contains("rita"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_untrusted_sql_and_startup_options() {
+    let env = Env::start().await;
+    let rita = env.connect("rita").await;
+    let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    let e = rita.simple_query(&deep).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e}");
+    let nested = format!("SELECT count(*) FROM {}customers{}", "(SELECT * FROM ".repeat(100), ") s".repeat(100));
+    let e = rita.simple_query(&nested).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e}");
+    let huge = format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024));
+    let e = rita.simple_query(&huge).await.unwrap_err();
+    assert_eq!(code(&e), "54000", "{e}");
+    let e = rita.simple_query("SELECT * FROM \"cust\\omers\"").await.unwrap_err();
+    assert_eq!(code(&e), "0A000", "{e}");
+    // the session survives all of it
+    assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
+    // `options` from the client is never forwarded: search_path stays pinned
+    let evil = common::connect_str(&format!("{} options='-c search_path=pg_temp'", env.conn_str("rita"))).await.unwrap();
+    let sp = evil.simple_query("SHOW search_path").await.unwrap();
+    let value = sp.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("public"));
+}
