@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgveil::policy::model::*;
 use pgveil::policy::{PolicyStore, Snapshot};
-use pgveil::sql::{enforce_text, Cx, Limits, RewriteCache, Verdict};
+use pgveil::sql::{enforce_text, Cx, Limits, PolicyMemo, RewriteCache, Verdict};
 
 fn rel(name: &str, cols: &[(&str, &str)]) -> ((String, String), Relation) {
     (
@@ -63,6 +63,15 @@ fn bench_rewrite(c: &mut Criterion) {
             c.bench_function(&format!("rewrite/{user}/{name}"), |b| {
                 b.iter(|| {
                     let cx = Cx::new(&eff, &snap, &search_path, "crm", 64);
+                    black_box(enforce_text(&cx, black_box(sql), true))
+                })
+            });
+        }
+        let memo = PolicyMemo::new(1000);
+        for (name, sql) in QUERIES {
+            c.bench_function(&format!("rewrite_memo/{user}/{name} (new SQL text, policy subqueries memoised)"), |b| {
+                b.iter(|| {
+                    let cx = Cx::new(&eff, &snap, &search_path, "crm", 64).with_memo(&memo);
                     black_box(enforce_text(&cx, black_box(sql), true))
                 })
             });

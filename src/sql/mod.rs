@@ -45,7 +45,8 @@ pub struct Cx<'a> {
     pub search_path: &'a [String],
     pub database: &'a str,
     pub max_depth: usize,
-    generated: RefCell<HashSet<String>>,
+    generated: RefCell<HashSet<Query>>,
+    memo: Option<&'a PolicyMemo>,
     /// Objects read by the statement (for export checks).
     touched: RefCell<Vec<String>>,
 }
@@ -59,8 +60,15 @@ impl<'a> Cx<'a> {
             database,
             max_depth,
             generated: RefCell::new(HashSet::new()),
+            memo: None,
             touched: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Reuse parsed policy subqueries across statements (keyed by policy generation and user).
+    pub fn with_memo(mut self, memo: &'a PolicyMemo) -> Self {
+        self.memo = Some(memo);
+        self
     }
 
     /// The compiled policy of a protected table.
@@ -110,18 +118,18 @@ impl<'a> Cx<'a> {
     /// Register a generated query (policy subquery) as trusted for the re-check.
     pub fn register_query_text(&self, sql: &str) -> Result<Query, ClientError> {
         let q = self.parse_generated_query(sql)?;
-        self.generated.borrow_mut().insert(q.to_string());
+        self.generated.borrow_mut().insert(q.clone());
         Ok(q)
     }
 
     fn register_parent_subqueries<T: Visit>(&self, node: &T) {
-        struct Reg<'r>(&'r RefCell<HashSet<String>>);
+        struct Reg<'r>(&'r RefCell<HashSet<Query>>);
         impl Visitor for Reg<'_> {
             type Break = ();
             fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
                 if let TableFactor::Derived { subquery, alias: Some(a), .. } = tf {
                     if a.name.value == "pgveil_parent" {
-                        self.0.borrow_mut().insert(subquery.to_string());
+                        self.0.borrow_mut().insert((**subquery).clone());
                     }
                 }
                 ControlFlow::Continue(())
@@ -131,13 +139,27 @@ impl<'a> Cx<'a> {
     }
 
     pub fn is_generated(&self, q: &Query) -> bool {
-        self.generated.borrow().contains(&q.to_string())
+        self.generated.borrow().contains(q)
     }
 
     /// The read policy subquery for `o`.
     pub fn policy_subquery(&self, o: &ObjectPolicy) -> Result<Query, ClientError> {
         self.touched.borrow_mut().push(o.object.clone());
-        self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0))
+        let Some(memo) = self.memo else {
+            return self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0));
+        };
+        let key = (self.snap.generation, self.eff.user.clone(), self.eff.roles.clone(), o.object.clone());
+        let entry = memo
+            .0
+            .try_get_with_by_ref(&key, || {
+                let before: HashSet<Query> = self.generated.borrow().clone();
+                let q = self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0))?;
+                let trusted: Vec<Query> = self.generated.borrow().difference(&before).cloned().collect();
+                Ok::<_, ClientError>(Arc::new((q, trusted)))
+            })
+            .map_err(|e| (*e).clone())?;
+        self.generated.borrow_mut().extend(entry.1.iter().cloned());
+        Ok(entry.0.clone())
     }
 
     pub fn touched(&self) -> Vec<String> {
@@ -249,15 +271,15 @@ fn parse_user_sql(sql: &str, max_depth: usize) -> Result<Vec<Statement>, ClientE
 
 /// Re-parse printed SQL and check it: one statement, a fixed point of print∘parse, and no
 /// protected table read outside a generated policy subquery.
-fn recheck(cx: &Cx<'_>, printed: &str) -> Result<(), ClientError> {
+fn recheck(cx: &Cx<'_>, rewritten: &Statement, printed: &str) -> Result<(), ClientError> {
     let internal = |why: &str| ClientError::denied(format!("pgveil internal check failed: {why}"));
     let mut stmts = parse_user_sql(printed, cx.max_depth * 4).map_err(|_| internal("rewritten SQL does not parse"))?;
     if stmts.len() != 1 {
         return Err(internal("rewritten SQL is not one statement"));
     }
     let mut stmt = stmts.remove(0);
-    if stmt.to_string() != printed {
-        return Err(internal("rewritten SQL does not print back identically"));
+    if &stmt != rewritten {
+        return Err(internal("rewritten SQL does not parse back to the same statement"));
     }
     statement::visit_read_parts(cx, Mode::Verify, &mut stmt)
 }
@@ -278,7 +300,7 @@ pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
     for mut stmt in stmts {
         let checked = statement::enforce(cx, &mut stmt).and_then(|extra| {
             let printed = stmt.to_string();
-            recheck(cx, &printed)?;
+            recheck(cx, &stmt, &printed)?;
             Ok(match extra {
                 Some(wrap) => wrap(printed),
                 None => printed,
@@ -302,15 +324,26 @@ struct RewriteKey {
     sql: String,
 }
 
+/// Parsed policy subqueries (and the generated queries they trust), per generation, user,
+/// roles and object.
+pub struct PolicyMemo(moka::sync::Cache<(u64, String, Vec<String>, String), Arc<(Query, Vec<Query>)>>);
+
+impl PolicyMemo {
+    pub fn new(capacity: u64) -> Self {
+        PolicyMemo(moka::sync::Cache::new(capacity))
+    }
+}
+
 /// moka cache of verdicts for restricted users.
-pub struct RewriteCache(moka::sync::Cache<RewriteKey, Arc<Verdict>>);
+pub struct RewriteCache(moka::sync::Cache<RewriteKey, Arc<Verdict>>, PolicyMemo);
 
 impl RewriteCache {
     pub fn new(capacity: u64) -> Self {
-        RewriteCache(moka::sync::Cache::new(capacity))
+        RewriteCache(moka::sync::Cache::new(capacity), PolicyMemo::new(capacity / 10 + 100))
     }
     pub fn invalidate_all(&self) {
         self.0.invalidate_all();
+        self.1 .0.invalidate_all();
     }
 
     /// Enforce `sql` for `eff` (computed from `snap`), using the cache.
@@ -323,7 +356,7 @@ impl RewriteCache {
             sql: sql.to_owned(),
         };
         let verdict = self.0.get_with_by_ref(&key, || {
-            let cx = Cx::new(eff, snap, limits.search_path, limits.database, limits.max_depth);
+            let cx = Cx::new(eff, snap, limits.search_path, limits.database, limits.max_depth).with_memo(&self.1);
             Arc::new(enforce_text(&cx, sql, prepared))
         });
         (*verdict).clone()
