@@ -222,3 +222,35 @@ async fn cli_policy_roundtrip_passwd_explain_check() {
     let (ok, out, _) = pgveil(&["explain", "--user", "nora", "--config", cfg], None);
     assert!(ok && out.contains("outside the allowed networks"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_user_password_through_pgveil() {
+    let env = Env::start().await;
+    let rita = env.connect("rita").await;
+    let e = rita.batch_execute("ALTER USER rita PASSWORD 'weak'").await.unwrap_err();
+    assert_eq!(code(&e), "22023", "{e}");
+    let e = rita.batch_execute("ALTER USER sam PASSWORD 'Another-Pass-2026'").await.unwrap_err();
+    assert_eq!(code(&e), "42501", "{e}");
+    rita.batch_execute("ALTER USER rita PASSWORD 'Another-Pass-2026'").await.unwrap();
+    let d = env.direct().await;
+    let v: String = d.query_one("SELECT password_verifier FROM pgveil.users WHERE name = 'rita'", &[]).await.unwrap().get(0);
+    assert!(v.starts_with("SCRAM-SHA-256$"));
+    // no PostgreSQL role was created or changed
+    assert_eq!(count(&d, "SELECT count(*) FROM pg_roles WHERE rolname = 'rita'").await.unwrap(), 0);
+    eventually("new password works", || async {
+        common::connect_str(&format!("host=127.0.0.1 port={} user=rita password=Another-Pass-2026 dbname=crm", env.port()))
+            .await
+            .is_ok()
+    })
+    .await;
+    // psql's \password sends a verifier computed on the client: accepted as is
+    let verifier = pgveil::policy::password::make_verifier("Client-Side-2026");
+    let admin = env.connect("admin").await;
+    admin.batch_execute(&format!("ALTER USER sam PASSWORD '{verifier}'")).await.unwrap();
+    eventually("verifier password works", || async {
+        common::connect_str(&format!("host=127.0.0.1 port={} user=sam password=Client-Side-2026 dbname=crm", env.port()))
+            .await
+            .is_ok()
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 //! policy generation, the user's effective roles and the SQL text.
 
 mod functions;
+mod password;
 mod policy_sql;
 mod read;
 mod resolve;
@@ -404,6 +405,16 @@ impl EnforceCtx {
 
     fn enforce(&self, sql: &str, prepared: bool) -> Verdict {
         let (snap, eff) = self.effective();
+        let cfg = &self.server.config;
+        let pw = password::PasswordCtx {
+            user: &self.user,
+            eff: eff.as_deref(),
+            policy: &cfg.password_policy,
+            catalog_upstream: cfg.catalog_database() == cfg.upstream.database,
+        };
+        if let Some(v) = password::intercept(&pw, sql) {
+            return v;
+        }
         let Some(eff) = eff else {
             return Verdict::Refuse {
                 prefix: String::new(),
@@ -413,7 +424,6 @@ impl EnforceCtx {
         if eff.unrestricted {
             return Verdict::PassThrough;
         }
-        let cfg = &self.server.config;
         if sql.len() > cfg.server.max_query_bytes {
             return Verdict::Refuse {
                 prefix: String::new(),
