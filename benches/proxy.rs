@@ -24,8 +24,23 @@ struct Outcome {
 fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) -> Option<Outcome> {
     let jobs = clients.min(2).to_string();
     let out = Command::new(bin.join("pgbench"))
-        .args(["-n", "-h", "127.0.0.1", "-p", &t.port.to_string(), "-U", &t.user])
-        .args(["-c", &clients.to_string(), "-j", &jobs, "-T", &seconds.to_string()])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            &t.user,
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &jobs,
+            "-T",
+            &seconds.to_string(),
+        ])
         .args(args)
         .arg("crm")
         .env("PGPASSWORD", &t.password)
@@ -33,13 +48,25 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        eprintln!("pgbench failed for {}: {}{}", t.name, text, String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "pgbench failed for {}: {}{}",
+            t.name,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let num = |prefix: &str| -> Option<f64> {
-        text.lines().find(|l| l.starts_with(prefix))?.split(['=', ' ']).filter_map(|w| w.parse().ok()).next()
+        text.lines()
+            .find(|l| l.starts_with(prefix))?
+            .split(['=', ' '])
+            .filter_map(|w| w.parse().ok())
+            .next()
     };
-    Some(Outcome { tps: num("tps")?, latency_ms: num("latency average")? })
+    Some(Outcome {
+        tps: num("tps")?,
+        latency_ms: num("latency average")?,
+    })
 }
 
 const BENCH_POLICY: &str = "
@@ -76,10 +103,17 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
     .ok()?;
     std::fs::write(
         dir.path().join("users.txt"),
-        format!("\"{}\" \"{}\"\n", pgveil::demo::SERVICE_USER, pgveil::demo::SERVICE_PASSWORD),
+        format!(
+            "\"{}\" \"{}\"\n",
+            pgveil::demo::SERVICE_USER,
+            pgveil::demo::SERVICE_PASSWORD
+        ),
     )
     .ok()?;
-    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status();
     let child = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bin)
@@ -105,32 +139,71 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // cargo bench --list / cargo test --benches
     }
-    let seconds: u32 = std::env::var("PGVEIL_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let seconds: u32 = std::env::var("PGVEIL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let pg = EmbeddedPg::start(&["max_connections = 200"])?;
     let bin = pg.bin_dir().to_owned();
     let cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
     rt.block_on(pgveil::demo::provision(&pg, &cfg))?;
     let init = Command::new(bin.join("pgbench"))
-        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", pgveil::demo::SERVICE_USER, "crm"])
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            pgveil::demo::SERVICE_USER,
+            "crm",
+        ])
         .env("PGPASSWORD", pgveil::demo::SERVICE_PASSWORD)
         .output()?;
-    anyhow::ensure!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     rt.block_on(async {
         let c = pgveil::control::connect(&cfg, "crm", None).await?;
         c.batch_execute(BENCH_POLICY).await?;
         c.execute(
             "UPDATE pgveil.users SET password_verifier = $1 WHERE name = 'bench'",
-            &[&pgveil::policy::password::make_verifier(&pgveil::demo::password("bench"))],
+            &[&pgveil::policy::password::make_verifier(
+                &pgveil::demo::password("bench"),
+            )],
         )
         .await?;
         anyhow::Ok(())
     })?;
     let running = rt.block_on(pgveil::server::start(cfg))?;
     let mut targets = vec![
-        Target { name: "direct", port: pg.port(), user: pg.superuser.clone(), password: pg.password.clone() },
-        Target { name: "pgveil", port: running.addr.port(), user: "admin".into(), password: pgveil::demo::password("admin") },
-        Target { name: "pgveil-restricted", port: running.addr.port(), user: "bench".into(), password: pgveil::demo::password("bench") },
+        Target {
+            name: "direct",
+            port: pg.port(),
+            user: pg.superuser.clone(),
+            password: pg.password.clone(),
+        },
+        Target {
+            name: "pgveil",
+            port: running.addr.port(),
+            user: "admin".into(),
+            password: pgveil::demo::password("admin"),
+        },
+        Target {
+            name: "pgveil-restricted",
+            port: running.addr.port(),
+            user: "bench".into(),
+            password: pgveil::demo::password("bench"),
+        },
     ];
     let bouncer = start_pgbouncer(&pg);
     if let Some((_, port, _)) = &bouncer {
@@ -149,18 +222,29 @@ fn main() -> anyhow::Result<()> {
         ("select-only -M prepared", &["-S", "-M", "prepared"]),
         ("tpcb-like (default)", &[]),
     ];
-    println!("pgbench {seconds}s per run, scale 1, PostgreSQL {}", pg.port());
-    println!("{:<26} {:>3}  {:<18} {:>10} {:>10} {:>8} {:>9}", "workload", "c", "target", "tps", "lat ms", "ratio", "+us/query");
+    println!(
+        "pgbench {seconds}s per run, scale 1, PostgreSQL {}",
+        pg.port()
+    );
+    println!(
+        "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>8} {:>9}",
+        "workload", "c", "target", "tps", "lat ms", "ratio", "+us/query"
+    );
     for (name, args) in workloads {
         for clients in [1u32, 16] {
             let mut direct: Option<Outcome> = None;
             for t in &targets {
-                let Some(o) = pgbench(&bin, t, args, clients, seconds) else { continue };
+                let Some(o) = pgbench(&bin, t, args, clients, seconds) else {
+                    continue;
+                };
                 let (ratio, added) = match &direct {
                     Some(d) => (o.tps / d.tps, (o.latency_ms - d.latency_ms) * 1000.0),
                     None => (1.0, 0.0),
                 };
-                println!("{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>8.3} {:>9.0}", t.name, o.tps, o.latency_ms, ratio, added);
+                println!(
+                    "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>8.3} {:>9.0}",
+                    t.name, o.tps, o.latency_ms, ratio, added
+                );
                 if t.name == "direct" {
                     direct = Some(o);
                 }

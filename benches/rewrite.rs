@@ -18,7 +18,11 @@ fn rel(name: &str, cols: &[(&str, &str)]) -> ((String, String), Relation) {
             name: name.into(),
             columns: cols
                 .iter()
-                .map(|(n, t)| Column { name: (*n).into(), type_name: (*t).into(), is_text: *t == "text" })
+                .map(|(n, t)| Column {
+                    name: (*n).into(),
+                    type_name: (*t).into(),
+                    is_text: *t == "text",
+                })
                 .collect(),
         },
     )
@@ -30,12 +34,81 @@ fn demo_relations() -> RelationMap {
     let i = "integer";
     let ts = "timestamp with time zone";
     BTreeMap::from([
-        rel("customers", &[("id", i), ("name", t), ("email", t), ("phone", t), ("owner", t), ("department", t), ("team", t), ("region", t), ("credit_limit", n), ("notes", t), ("created_at", ts)]),
-        rel("orders", &[("id", i), ("customer_id", i), ("amount", n), ("status", t), ("owner", t), ("department", t), ("created_at", ts)]),
-        rel("payments", &[("id", i), ("order_id", i), ("amount", n), ("method", t), ("card_last4", t), ("paid_at", ts)]),
-        rel("products", &[("id", i), ("sku", t), ("name", t), ("price", n), ("cost", n), ("stock", i)]),
-        rel("tickets", &[("id", i), ("customer_id", i), ("subject", t), ("status", t), ("priority", t), ("assignee", t), ("department", t), ("team", t)]),
-        rel("opportunities", &[("id", i), ("customer_id", i), ("title", t), ("value", n), ("stage", t), ("owner", t), ("department", t)]),
+        rel(
+            "customers",
+            &[
+                ("id", i),
+                ("name", t),
+                ("email", t),
+                ("phone", t),
+                ("owner", t),
+                ("department", t),
+                ("team", t),
+                ("region", t),
+                ("credit_limit", n),
+                ("notes", t),
+                ("created_at", ts),
+            ],
+        ),
+        rel(
+            "orders",
+            &[
+                ("id", i),
+                ("customer_id", i),
+                ("amount", n),
+                ("status", t),
+                ("owner", t),
+                ("department", t),
+                ("created_at", ts),
+            ],
+        ),
+        rel(
+            "payments",
+            &[
+                ("id", i),
+                ("order_id", i),
+                ("amount", n),
+                ("method", t),
+                ("card_last4", t),
+                ("paid_at", ts),
+            ],
+        ),
+        rel(
+            "products",
+            &[
+                ("id", i),
+                ("sku", t),
+                ("name", t),
+                ("price", n),
+                ("cost", n),
+                ("stock", i),
+            ],
+        ),
+        rel(
+            "tickets",
+            &[
+                ("id", i),
+                ("customer_id", i),
+                ("subject", t),
+                ("status", t),
+                ("priority", t),
+                ("assignee", t),
+                ("department", t),
+                ("team", t),
+            ],
+        ),
+        rel(
+            "opportunities",
+            &[
+                ("id", i),
+                ("customer_id", i),
+                ("title", t),
+                ("value", n),
+                ("stage", t),
+                ("owner", t),
+                ("department", t),
+            ],
+        ),
     ])
 }
 
@@ -54,12 +127,21 @@ fn bench_rewrite(c: &mut Criterion) {
     let snap = store.snapshot();
     let now = chrono::Utc::now();
     let search_path = vec!["public".to_owned()];
-    let limits = Limits { search_path: &search_path, database: "crm", max_depth: 64 };
+    let limits = Limits {
+        search_path: &search_path,
+        database: "crm",
+        max_depth: 64,
+    };
     for user in ["maria", "dana"] {
-        let eff = store.effective_in(&snap, user, now, None).expect("demo user");
+        let eff = store
+            .effective_in(&snap, user, now, None)
+            .expect("demo user");
         for (name, sql) in QUERIES {
             let cx = Cx::new(&eff, &snap, &search_path, "crm", 64);
-            assert!(matches!(enforce_text(&cx, sql, true), Verdict::Forward(_)), "{user} {name}");
+            assert!(
+                matches!(enforce_text(&cx, sql, true), Verdict::Forward(_)),
+                "{user} {name}"
+            );
             c.bench_function(&format!("rewrite/{user}/{name}"), |b| {
                 b.iter(|| {
                     let cx = Cx::new(&eff, &snap, &search_path, "crm", 64);
@@ -69,21 +151,29 @@ fn bench_rewrite(c: &mut Criterion) {
         }
         let memo = PolicyMemo::new(1000);
         for (name, sql) in QUERIES {
-            c.bench_function(&format!("rewrite_memo/{user}/{name} (new SQL text, policy subqueries memoised)"), |b| {
-                b.iter(|| {
-                    let cx = Cx::new(&eff, &snap, &search_path, "crm", 64).with_memo(&memo);
-                    black_box(enforce_text(&cx, black_box(sql), true))
-                })
-            });
+            c.bench_function(
+                &format!("rewrite_memo/{user}/{name} (new SQL text, policy subqueries memoised)"),
+                |b| {
+                    b.iter(|| {
+                        let cx = Cx::new(&eff, &snap, &search_path, "crm", 64).with_memo(&memo);
+                        black_box(enforce_text(&cx, black_box(sql), true))
+                    })
+                },
+            );
         }
         let cache = RewriteCache::new(10_000);
         let (_, sql) = QUERIES[2];
-        c.bench_function(&format!("cached/{user}/join5 (policy lookup + rewrite cache hit)"), |b| {
-            b.iter(|| {
-                let eff = store.effective_in(&snap, user, chrono::Utc::now(), None).expect("user");
-                black_box(cache.enforce(&limits, &snap, &eff, black_box(sql), true))
-            })
-        });
+        c.bench_function(
+            &format!("cached/{user}/join5 (policy lookup + rewrite cache hit)"),
+            |b| {
+                b.iter(|| {
+                    let eff = store
+                        .effective_in(&snap, user, chrono::Utc::now(), None)
+                        .expect("user");
+                    black_box(cache.enforce(&limits, &snap, &eff, black_box(sql), true))
+                })
+            },
+        );
     }
 }
 
@@ -92,7 +182,11 @@ fn large_catalog() -> (Catalog, RelationMap) {
     let mut cat = Catalog::default();
     let mut rels = RelationMap::new();
     for d in 0..50 {
-        cat.departments.push(Department { id: format!("d{d}"), name: format!("D{d}"), parent: (d > 0).then(|| format!("d{}", d / 5)) });
+        cat.departments.push(Department {
+            id: format!("d{d}"),
+            name: format!("D{d}"),
+            parent: (d > 0).then(|| format!("d{}", d / 5)),
+        });
     }
     for t in 0..300 {
         let name = format!("t{t}");
@@ -107,13 +201,41 @@ fn large_catalog() -> (Catalog, RelationMap) {
             parent_object: (t % 3 == 2).then(|| format!("t{}", t - 1)),
             parent_column: (t % 3 == 2).then(|| "parent_id".into()),
         });
-        let cols: Vec<Column> = ["id", "owner", "department", "parent_id", "a", "b", "c", "d", "e", "f"]
-            .iter()
-            .map(|c| Column { name: (*c).into(), type_name: "text".into(), is_text: true })
-            .collect();
-        rels.insert(("public".into(), name.clone()), Relation { schema: "public".into(), name, columns: cols });
+        let cols: Vec<Column> = [
+            "id",
+            "owner",
+            "department",
+            "parent_id",
+            "a",
+            "b",
+            "c",
+            "d",
+            "e",
+            "f",
+        ]
+        .iter()
+        .map(|c| Column {
+            name: (*c).into(),
+            type_name: "text".into(),
+            is_text: true,
+        })
+        .collect();
+        rels.insert(
+            ("public".into(), name.clone()),
+            Relation {
+                schema: "public".into(),
+                name,
+                columns: cols,
+            },
+        );
     }
-    let scopes = [Scope::All, Scope::Department, Scope::DepartmentTree, Scope::Assigned, Scope::Parent];
+    let scopes = [
+        Scope::All,
+        Scope::Department,
+        Scope::DepartmentTree,
+        Scope::Assigned,
+        Scope::Parent,
+    ];
     for r in 0..200 {
         let role = format!("r{r}");
         cat.roles.push(Role {
@@ -132,10 +254,25 @@ fn large_catalog() -> (Catalog, RelationMap) {
         for k in 0..15 {
             let object = format!("t{}", (r * 7 + k * 13) % 300);
             for action in ["list", "view", "edit"] {
-                cat.permissions.push(Permission { role: role.clone(), object: object.clone(), action: action.into(), effect: Effect::Allow });
+                cat.permissions.push(Permission {
+                    role: role.clone(),
+                    object: object.clone(),
+                    action: action.into(),
+                    effect: Effect::Allow,
+                });
             }
-            cat.scopes.push(ScopeRule { role: role.clone(), object: object.clone(), scope: scopes[(r + k) % scopes.len()] });
-            cat.fields.push(FieldRule { role: role.clone(), object, column: "e".into(), level: FieldLevel::Invisible, mask: None });
+            cat.scopes.push(ScopeRule {
+                role: role.clone(),
+                object: object.clone(),
+                scope: scopes[(r + k) % scopes.len()],
+            });
+            cat.fields.push(FieldRule {
+                role: role.clone(),
+                object,
+                column: "e".into(),
+                level: FieldLevel::Invisible,
+                mask: None,
+            });
         }
     }
     for u in 0..10_000 {
@@ -167,9 +304,10 @@ fn large_catalog() -> (Catalog, RelationMap) {
 
 fn bench_compile(c: &mut Criterion) {
     let (cat, rels) = large_catalog();
-    c.bench_function("policy/snapshot_index (10k users, 200 roles, 300 tables)", |b| {
-        b.iter(|| black_box(Snapshot::new(1, cat.clone(), rels.clone())))
-    });
+    c.bench_function(
+        "policy/snapshot_index (10k users, 200 roles, 300 tables)",
+        |b| b.iter(|| black_box(Snapshot::new(1, cat.clone(), rels.clone()))),
+    );
     let store = PolicyStore::new(cat, rels, 100_000);
     let snap = store.snapshot();
     let user = snap.user("u4242").expect("user").clone();

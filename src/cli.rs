@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "pgveil", version, about = "PostgreSQL proxy enforcing CRM roles and permissions")]
+#[command(
+    name = "pgveil",
+    version,
+    about = "PostgreSQL proxy enforcing CRM roles and permissions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,10 @@ pub fn main() -> ExitCode {
     if let Command::Check { config } = &cli.command {
         return check(config);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgveil: cannot start runtime: {e}");
@@ -123,7 +130,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -143,18 +153,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut client = crate::control::connect(&cfg, cfg.catalog_database(), None).await?;
             let applied = crate::policy::migrate::migrate(&mut client).await?;
             if applied.is_empty() {
-                println!("catalog is up to date (version {})", crate::policy::migrate::latest_version());
+                println!(
+                    "catalog is up to date (version {})",
+                    crate::policy::migrate::latest_version()
+                );
             } else {
                 println!("applied catalog migrations {applied:?}");
             }
             Ok(())
         }
-        Command::User { command: UserCommand::Passwd { name, config } } => {
+        Command::User {
+            command: UserCommand::Passwd { name, config },
+        } => {
             let cfg = Config::load(&config)?;
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\n', '\r']);
-            crate::policy::password::check_policy(&cfg.password_policy, password).map_err(anyhow::Error::msg)?;
+            crate::policy::password::check_policy(&cfg.password_policy, password)
+                .map_err(anyhow::Error::msg)?;
             let client = crate::control::connect(&cfg, cfg.catalog_database(), None).await?;
             let n = client
                 .execute(
@@ -169,7 +185,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Explain { user, ip, config } => {
             let cfg = Config::load(&config)?;
             let store = crate::control::initial_store(&cfg).await?;
-            print!("{}", crate::policy::compile::explain(&store.snapshot(), &user, chrono::Utc::now(), ip));
+            print!(
+                "{}",
+                crate::policy::compile::explain(&store.snapshot(), &user, chrono::Utc::now(), ip)
+            );
             Ok(())
         }
         Command::Policy { command } => crate::policy::file::command(command_args(command)).await,
@@ -179,9 +198,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 fn command_args(c: PolicyCommand) -> crate::policy::file::PolicyArgs {
     match c {
-        PolicyCommand::Apply { file, dry_run, config } => {
-            crate::policy::file::PolicyArgs::Apply { file, dry_run, config }
-        }
+        PolicyCommand::Apply {
+            file,
+            dry_run,
+            config,
+        } => crate::policy::file::PolicyArgs::Apply {
+            file,
+            dry_run,
+            config,
+        },
         PolicyCommand::Export { config } => crate::policy::file::PolicyArgs::Export { config },
     }
 }
@@ -190,13 +215,14 @@ fn command_args(c: PolicyCommand) -> crate::policy::file::PolicyArgs {
 pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -12,7 +12,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -128,7 +131,11 @@ pub struct CatalogConfig {
 
 impl Default for CatalogConfig {
     fn default() -> Self {
-        CatalogConfig { database: None, cache_capacity: 10_000, rewrite_cache_capacity: 50_000 }
+        CatalogConfig {
+            database: None,
+            cache_capacity: 10_000,
+            rewrite_cache_capacity: 50_000,
+        }
     }
 }
 
@@ -166,15 +173,20 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), log_sql: false }
+        LogConfig {
+            level: "info".into(),
+            log_sql: false,
+        }
     }
 }
 
 impl Config {
     /// Read, parse and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let cfg = Self::parse(&text)?;
         let problems = cfg.problems();
         if problems.is_empty() {
@@ -193,7 +205,10 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            p.push(format!("server.listen: `{}` is not an address:port", self.server.listen));
+            p.push(format!(
+                "server.listen: `{}` is not an address:port",
+                self.server.listen
+            ));
         }
         if self.server.max_connections == 0 {
             p.push("server.max_connections: must be at least 1".into());
@@ -204,8 +219,12 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             p.push("server.max_message_bytes: must be at least 1024".into());
         }
-        if self.server.max_query_bytes < 64 || self.server.max_query_bytes > self.server.max_message_bytes {
-            p.push("server.max_query_bytes: must be between 64 and server.max_message_bytes".into());
+        if self.server.max_query_bytes < 64
+            || self.server.max_query_bytes > self.server.max_message_bytes
+        {
+            p.push(
+                "server.max_query_bytes: must be between 64 and server.max_message_bytes".into(),
+            );
         }
         if self.server.max_sql_depth < 4 {
             p.push("server.max_sql_depth: must be at least 4".into());
@@ -224,13 +243,19 @@ impl Config {
         }
         if let Some(var) = &self.upstream.password_env {
             if std::env::var(var).is_err() {
-                p.push(format!("upstream.password_env: environment variable {var} is not set"));
+                p.push(format!(
+                    "upstream.password_env: environment variable {var} is not set"
+                ));
             }
         }
         if self.upstream.tls == UpstreamTls::VerifyFull {
             match &self.upstream.ca_file {
-                None => p.push("upstream.ca_file: required when upstream.tls = \"verify-full\"".into()),
-                Some(f) if !f.exists() => p.push(format!("upstream.ca_file: {} does not exist", f.display())),
+                None => {
+                    p.push("upstream.ca_file: required when upstream.tls = \"verify-full\"".into())
+                }
+                Some(f) if !f.exists() => {
+                    p.push(format!("upstream.ca_file: {} does not exist", f.display()))
+                }
                 _ => {}
             }
         }
@@ -245,14 +270,20 @@ impl Config {
             p.push("password_policy.min_length: must be at least 8".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            p.push(format!("log.level: `{}` is not a valid filter", self.log.level));
+            p.push(format!(
+                "log.level: `{}` is not a valid filter",
+                self.log.level
+            ));
         }
         p
     }
 
     /// Listen address (validated).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 6432)))
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 6432)))
     }
 
     /// Service-account password, from `password_env` or `password`.
@@ -266,7 +297,10 @@ impl Config {
 
     /// Database holding the catalog.
     pub fn catalog_database(&self) -> &str {
-        self.catalog.database.as_deref().unwrap_or(&self.upstream.database)
+        self.catalog
+            .database
+            .as_deref()
+            .unwrap_or(&self.upstream.database)
     }
 
     /// Handshake timeout.
@@ -290,15 +324,22 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse(&format!("{MIN}bogus=1\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{MIN}bogus=1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = Config::parse(&format!("[server]\nlisten_adress='x'\n{MIN}")).unwrap_err().to_string();
+        let e = Config::parse(&format!("[server]\nlisten_adress='x'\n{MIN}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_adress"), "{e}");
     }
 
     #[test]
     fn all_problems_reported_at_once() {
-        let c = Config::parse(&format!("[server]\nlisten='nope'\nmax_connections=0\n{MIN}")).unwrap();
+        let c = Config::parse(&format!(
+            "[server]\nlisten='nope'\nmax_connections=0\n{MIN}"
+        ))
+        .unwrap();
         let p = c.problems();
         assert!(p.iter().any(|s| s.starts_with("server.listen")));
         assert!(p.iter().any(|s| s.starts_with("server.max_connections")));

@@ -52,7 +52,9 @@ pub fn find_bin_dir() -> Result<PathBuf, EmbeddedPgError> {
             return Ok(p);
         }
     }
-    Err(EmbeddedPgError::NoBinaries("/usr/lib/postgresql/*/bin".into()))
+    Err(EmbeddedPgError::NoBinaries(
+        "/usr/lib/postgresql/*/bin".into(),
+    ))
 }
 
 /// Pick a free TCP port on loopback.
@@ -78,19 +80,37 @@ impl EmbeddedPg {
         let password = format!("pw{}", rand::random::<u64>());
         let superuser = "postgres".to_string();
         if as_postgres {
-            run(Command::new("chown").args(["postgres:postgres"]).arg(dir.path()), "chown")?;
+            run(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(dir.path()),
+                "chown",
+            )?;
         }
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, &password)?;
         if as_postgres {
-            run(Command::new("chown").args(["postgres:postgres"]).arg(&pwfile), "chown")?;
+            run(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&pwfile),
+                "chown",
+            )?;
         }
         let mut initdb = Self::cmd(as_postgres, &bin.join("initdb"));
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", &superuser, "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-U",
+                &superuser,
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .args(["--locale=C"])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(&mut initdb, "initdb")?;
@@ -109,7 +129,14 @@ impl EmbeddedPg {
         let mut existing = std::fs::read_to_string(&conf_path)?;
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing)?;
-        let pg = EmbeddedPg { dir, bin, port, as_postgres, superuser, password };
+        let pg = EmbeddedPg {
+            dir,
+            bin,
+            port,
+            as_postgres,
+            superuser,
+            password,
+        };
         pg.pg_ctl_start()?;
         Ok(pg)
     }
@@ -132,14 +159,20 @@ impl EmbeddedPg {
     pub fn pg_ctl_start(&self) -> Result<(), EmbeddedPgError> {
         let log = self.dir.path().join("server.log");
         let mut c = Self::cmd(self.as_postgres, &self.bin.join("pg_ctl"));
-        c.arg("-D").arg(self.data_dir()).arg("-l").arg(&log).args(["-w", "-t", "60", "start"]);
+        c.arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"]);
         run(&mut c, "pg_ctl start")
     }
 
     /// Stop the server (fast mode), keeping the data directory.
     pub fn stop(&self) -> Result<(), EmbeddedPgError> {
         let mut c = Self::cmd(self.as_postgres, &self.bin.join("pg_ctl"));
-        c.arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w", "stop"]);
+        c.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"]);
         run(&mut c, "pg_ctl stop")
     }
 

@@ -36,10 +36,16 @@ pub enum ClientError {
     ShuttingDown,
     /// 42501 — a policy refusal; the message says which rule.
     #[error("{message}")]
-    Denied { message: String, hint: Option<String> },
+    Denied {
+        message: String,
+        hint: Option<String>,
+    },
     /// 0A000 — SQL pgveil cannot check, refused for a restricted user.
     #[error("{message}")]
-    Unsupported { message: String, hint: Option<String> },
+    Unsupported {
+        message: String,
+        hint: Option<String>,
+    },
     /// 54000 — statement too long / too deep.
     #[error("{0}")]
     TooComplex(String),
@@ -54,12 +60,18 @@ pub enum ClientError {
 impl ClientError {
     /// Shorthand for a 42501 refusal.
     pub fn denied(message: impl Into<String>) -> Self {
-        ClientError::Denied { message: message.into(), hint: None }
+        ClientError::Denied {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// Shorthand for a 0A000 refusal.
     pub fn unsupported(message: impl Into<String>) -> Self {
-        ClientError::Unsupported { message: message.into(), hint: None }
+        ClientError::Unsupported {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// The SQLSTATE for this error.
@@ -82,7 +94,9 @@ impl ClientError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            ClientError::Denied { hint, .. } | ClientError::Unsupported { hint, .. } => hint.clone(),
+            ClientError::Denied { hint, .. } | ClientError::Unsupported { hint, .. } => {
+                hint.clone()
+            }
             ClientError::AuthRejected(_) => None,
             _ => None,
         }
@@ -103,7 +117,11 @@ impl ClientError {
     /// Build the wire ErrorResponse.
     pub fn to_error_response(&self) -> ErrorResponse {
         let severity = if self.is_fatal() { "FATAL" } else { "ERROR" };
-        let mut info = ErrorInfo::new(severity.to_owned(), self.sqlstate().to_owned(), self.to_string());
+        let mut info = ErrorInfo::new(
+            severity.to_owned(),
+            self.sqlstate().to_owned(),
+            self.to_string(),
+        );
         info.hint = self.hint();
         info.into()
     }

@@ -76,7 +76,9 @@ impl Server {
         let scram_plain = ScramAuth::new(auth.clone());
         let mut scram_tls = ScramAuth::new(auth);
         if let Some(pem) = cert_pem {
-            scram_tls.configure_certificate(&pem).map_err(|e| ServeError::Tls(e.to_string()))?;
+            scram_tls
+                .configure_certificate(&pem)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
         }
         let upstream = UpstreamTarget::from_config(&config)?;
         let rewrites = RewriteCache::new(config.catalog.rewrite_cache_capacity);
@@ -102,11 +104,23 @@ impl Server {
     /// The pinned search_path as a setting value.
     pub fn search_path_setting(&self) -> String {
         let quote = |s: &String| {
-            let plain = s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            let plain = s
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !s.starts_with(|c: char| c.is_ascii_digit());
-            if plain { s.clone() } else { format!("\"{}\"", s.replace('"', "\"\"")) }
+            if plain {
+                s.clone()
+            } else {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            }
         };
-        self.config.server.search_path.iter().map(quote).collect::<Vec<_>>().join(", ")
+        self.config
+            .server
+            .search_path
+            .iter()
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Number of sessions currently open.
@@ -127,7 +141,11 @@ impl Server {
     }
 
     async fn cancel(&self, pid: i32, secret: &SecretKey) {
-        let target = self.cancel_map.lock().ok().and_then(|m| m.get(&(pid, key_bytes(secret))).copied());
+        let target = self
+            .cancel_map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(pid, key_bytes(secret))).copied());
         if let Some((up_pid, up_secret)) = target {
             if let Err(e) = self.upstream.cancel(up_pid, up_secret).await {
                 tracing::warn!(error = %e, "forwarding cancel request failed");
@@ -152,8 +170,14 @@ impl Server {
         drop(listener);
         self.tracker.close();
         let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(open = self.active_sessions(), "grace period over; closing remaining sessions");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.active_sessions(),
+                "grace period over; closing remaining sessions"
+            );
         }
     }
 
@@ -170,7 +194,8 @@ impl Server {
                         span.record("user", started.user.as_str());
                         span.record("app", started.application_name.as_str());
                         let key = started.client_key.clone();
-                        server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
+                        server
+                            .register_cancel(&key, (started.upstream.pid, started.upstream.secret));
                         tracing::info!("session started");
                         crate::session::run(&server, *started, addr).await;
                         server.unregister_cancel(&key);
@@ -186,12 +211,17 @@ impl Server {
     }
 }
 
-fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(TlsAcceptor, Vec<u8>), ServeError> {
+fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(TlsAcceptor, Vec<u8>), ServeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let err = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
     let pem = std::fs::read(cert).map_err(|e| err(&e))?;
-    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| err(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&e))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(&e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -229,8 +259,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 
 /// As [`start`], on an already bound listener.
 pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, ServeError> {
-    let addr = listener.local_addr().map_err(|e| ServeError::Bind(config.server.listen.clone(), e))?;
-    let store = crate::control::initial_store(&config).await.map_err(|e| ServeError::Catalog(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(config.server.listen.clone(), e))?;
+    let store = crate::control::initial_store(&config)
+        .await
+        .map_err(|e| ServeError::Catalog(e.to_string()))?;
     let server = Server::new(config, store)?;
     crate::control::spawn_reloader(server.clone());
     let task = tokio::spawn(server.clone().run(listener));

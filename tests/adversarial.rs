@@ -21,7 +21,10 @@ async fn ints(c: &Client, sql: &str) -> Result<Vec<i64>, String> {
 }
 
 async fn scalar(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// Reads of customers outside rita's scope, in every disguise: each must be refused or
@@ -30,7 +33,11 @@ async fn scalar(c: &Client, sql: &str) -> i64 {
 async fn row_scope_cannot_be_bypassed() {
     let env = Env::start().await;
     let direct = env.direct().await;
-    let mine = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'rita'").await;
+    let mine = scalar(
+        &direct,
+        "SELECT count(*) FROM customers WHERE owner = 'rita'",
+    )
+    .await;
     let total = scalar(&direct, "SELECT count(*) FROM customers").await;
     assert!(mine < total);
     let rita = env.connect("rita").await;
@@ -79,24 +86,45 @@ async fn row_scope_cannot_be_bypassed() {
                 }
             }
             Err(code) => assert!(
-                ["42501", "0A000", "42P01", "42601", "42703", "54000", "42803"].contains(&code.as_str()),
+                ["42501", "0A000", "42P01", "42601", "42703", "54000", "42803"]
+                    .contains(&code.as_str()),
                 "{sql}: unexpected {code}"
             ),
         }
     }
     // other owners are simply not there
-    assert_eq!(scalar(&rita, "SELECT count(*) FROM customers WHERE owner = 'sam'").await, 0);
+    assert_eq!(
+        scalar(&rita, "SELECT count(*) FROM customers WHERE owner = 'sam'").await,
+        0
+    );
     // joins through a child table only reach her customers
     let mine_orders = scalar(&direct, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await;
-    assert_eq!(scalar(&rita, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id").await, mine_orders);
+    assert_eq!(
+        scalar(
+            &rita,
+            "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"
+        )
+        .await,
+        mine_orders
+    );
     assert_eq!(scalar(&rita, "SELECT count(*) FROM orders o LEFT JOIN customers c ON c.id = o.customer_id WHERE c.id IS NULL").await, 0);
     // payments inherit through orders → customers (two levels)
     let mine_pay = scalar(&direct, "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await;
     let maria = env.connect("maria").await;
     let maria_pay = scalar(&direct, "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id JOIN customers c ON c.id = o.customer_id WHERE c.department IN ('sales', 'sales_east', 'sales_west')").await;
-    assert_eq!(scalar(&maria, "SELECT count(*) FROM payments").await, maria_pay);
-    let e = rita.simple_query("SELECT count(*) FROM payments").await.unwrap_err();
-    assert_eq!(code(&e), "42501", "rita has no payments permission ({mine_pay} would be hers)");
+    assert_eq!(
+        scalar(&maria, "SELECT count(*) FROM payments").await,
+        maria_pay
+    );
+    let e = rita
+        .simple_query("SELECT count(*) FROM payments")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&e),
+        "42501",
+        "rita has no payments permission ({mine_pay} would be hers)"
+    );
 }
 
 /// Data-exposing functions, catalogs and statements are refused.
@@ -146,16 +174,46 @@ async fn dangerous_functions_catalogs_and_statements_are_refused() {
         "SELECT * FROM dblink('dbname=crm', 'select 1') AS t(x int)",
     ] {
         let e = rita.simple_query(sql).await.expect_err(sql);
-        assert!(["42501", "0A000"].contains(&code(&e).as_str()), "{sql}: {e}");
+        assert!(
+            ["42501", "0A000"].contains(&code(&e).as_str()),
+            "{sql}: {e}"
+        );
     }
     // nothing was created or changed
     let direct = env.direct().await;
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'v', 'stolen')").await, 0);
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers").await, 2000);
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await, 0);
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'v', 'stolen')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM customers").await,
+        2000
+    );
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await,
+        0
+    );
     // structural catalogs stay readable (BI introspection)
-    assert!(scalar(&rita, "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'customers'").await == 1);
-    assert!(scalar(&rita, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'customers'").await > 5);
+    assert!(
+        scalar(
+            &rita,
+            "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'customers'"
+        )
+        .await
+            == 1
+    );
+    assert!(
+        scalar(
+            &rita,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'customers'"
+        )
+        .await
+            > 5
+    );
 }
 
 /// Invisible fields are NULL before any filter, sort, group, aggregate or whole-row access.
@@ -183,15 +241,29 @@ async fn invisible_fields_cannot_be_probed() {
             Err(c) => assert!(["42501", "0A000"].contains(&c.as_str()), "{sql}: {c}"),
         }
     }
-    let max: Option<String> = tom.query_one("SELECT max(phone) FROM customers", &[]).await.unwrap().get(0);
+    let max: Option<String> = tom
+        .query_one("SELECT max(phone) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(max, None);
     // star expansion keeps the column (as NULL) so apps keep working
-    let row = tom.query_one("SELECT * FROM customers ORDER BY id LIMIT 1", &[]).await.unwrap();
+    let row = tom
+        .query_one("SELECT * FROM customers ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap();
     assert!(row.columns().iter().any(|c| c.name() == "phone"));
     assert!(row.get::<_, Option<String>>("phone").is_none());
     // inherited field rule (Telemarketer inherits Guest): email partially masked
-    let email: String = tom.query_one("SELECT email FROM customers ORDER BY id LIMIT 1", &[]).await.unwrap().get(0);
-    assert!(email.starts_with('*') && !email.contains("contact"), "{email}");
+    let email: String = tom
+        .query_one("SELECT email FROM customers ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        email.starts_with('*') && !email.contains("contact"),
+        "{email}"
+    );
 }
 
 /// Stacked roles: a field is visible on the records of the role that shows it.
@@ -201,12 +273,33 @@ async fn stacked_roles_merge_per_record() {
     let direct = env.direct().await;
     let dana = env.connect("dana").await;
     // union of scopes: her assigned customers + the sales_west department
-    let expected = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'dana' OR department = 'sales_west'").await;
-    assert_eq!(scalar(&dana, "SELECT count(*) FROM customers").await, expected);
+    let expected = scalar(
+        &direct,
+        "SELECT count(*) FROM customers WHERE owner = 'dana' OR department = 'sales_west'",
+    )
+    .await;
+    assert_eq!(
+        scalar(&dana, "SELECT count(*) FROM customers").await,
+        expected
+    );
     // phone visible exactly on her own customers (Sales Representative), hidden elsewhere
-    let own = scalar(&direct, "SELECT count(*) FROM customers WHERE owner = 'dana'").await;
-    assert_eq!(scalar(&dana, "SELECT count(phone) FROM customers").await, own);
-    assert_eq!(scalar(&dana, "SELECT count(phone) FROM customers WHERE owner <> 'dana'").await, 0);
+    let own = scalar(
+        &direct,
+        "SELECT count(*) FROM customers WHERE owner = 'dana'",
+    )
+    .await;
+    assert_eq!(
+        scalar(&dana, "SELECT count(phone) FROM customers").await,
+        own
+    );
+    assert_eq!(
+        scalar(
+            &dana,
+            "SELECT count(phone) FROM customers WHERE owner <> 'dana'"
+        )
+        .await,
+        0
+    );
 }
 
 /// Writes: permissions, field levels, scopes, bulk limits; nothing partial remains.
@@ -218,65 +311,180 @@ async fn writes_are_confined() {
     let before: i64 = scalar(&direct, "SELECT count(*) FROM customers").await;
 
     // out-of-scope update touches nothing
-    let n = rita.execute("UPDATE customers SET notes = 'pwned' WHERE owner = 'sam'", &[]).await.unwrap();
+    let n = rita
+        .execute(
+            "UPDATE customers SET notes = 'pwned' WHERE owner = 'sam'",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 0);
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'pwned'").await, 0);
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM customers WHERE notes = 'pwned'"
+        )
+        .await,
+        0
+    );
     // in-scope single-row update works
-    let id: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'rita'", &[]).await.unwrap().get(0);
-    assert_eq!(rita.execute("UPDATE customers SET notes = 'called' WHERE id = $1", &[&id]).await.unwrap(), 1);
+    let id: i32 = direct
+        .query_one("SELECT min(id) FROM customers WHERE owner = 'rita'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rita.execute(
+            "UPDATE customers SET notes = 'called' WHERE id = $1",
+            &[&id]
+        )
+        .await
+        .unwrap(),
+        1
+    );
     // reassigning a record away from her scope is refused and nothing changes
-    let e = rita.execute("UPDATE customers SET owner = 'sam' WHERE id = $1", &[&id]).await.unwrap_err();
+    let e = rita
+        .execute("UPDATE customers SET owner = 'sam' WHERE id = $1", &[&id])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
-    assert_eq!(scalar(&direct, &format!("SELECT count(*) FROM customers WHERE id = {id} AND owner = 'rita'")).await, 1);
+    assert_eq!(
+        scalar(
+            &direct,
+            &format!("SELECT count(*) FROM customers WHERE id = {id} AND owner = 'rita'")
+        )
+        .await,
+        1
+    );
     // bulk update (rita has 500 customers, threshold 100, bulk off): undone atomically
-    let e = rita.execute("UPDATE customers SET region = 'bulk'", &[]).await.unwrap_err();
+    let e = rita
+        .execute("UPDATE customers SET region = 'bulk'", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE region = 'bulk'").await, 0);
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM customers WHERE region = 'bulk'"
+        )
+        .await,
+        0
+    );
     // no delete permission
-    let e = rita.execute("DELETE FROM customers WHERE id = $1", &[&id]).await.unwrap_err();
+    let e = rita
+        .execute("DELETE FROM customers WHERE id = $1", &[&id])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
     // insert for another owner refused, nothing inserted
     let e = rita
-        .execute("INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')", &[])
+        .execute(
+            "INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')",
+            &[],
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
     // insert with the owner omitted: filled from her identity
-    rita.execute("INSERT INTO customers (name, department) VALUES ('mine', 'sales_east')", &[]).await.unwrap();
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'mine' AND owner = 'rita'").await, 1);
+    rita.execute(
+        "INSERT INTO customers (name, department) VALUES ('mine', 'sales_east')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM customers WHERE name = 'mine' AND owner = 'rita'"
+        )
+        .await,
+        1
+    );
     // prepared insert with parameters
-    rita.execute("INSERT INTO customers (name, department, credit_limit) VALUES ($1, $2, 10)", &[&"mine2", &"sales_east"])
-        .await
-        .unwrap();
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'mine2' AND owner = 'rita'").await, 1);
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers").await, before + 2);
+    rita.execute(
+        "INSERT INTO customers (name, department, credit_limit) VALUES ($1, $2, 10)",
+        &[&"mine2", &"sales_east"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM customers WHERE name = 'mine2' AND owner = 'rita'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM customers").await,
+        before + 2
+    );
     // ON CONFLICT DO UPDATE cannot reach someone else's record
-    let other: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'dana'", &[]).await.unwrap().get(0);
+    let other: i32 = direct
+        .query_one("SELECT min(id) FROM customers WHERE owner = 'dana'", &[])
+        .await
+        .unwrap()
+        .get(0);
     let _ = rita
         .execute(
             "INSERT INTO customers (id, name, department) VALUES ($1, 'x', 'sales_east') ON CONFLICT (id) DO UPDATE SET name = 'hijacked'",
             &[&other],
         )
         .await;
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE name = 'hijacked'").await, 0);
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM customers WHERE name = 'hijacked'"
+        )
+        .await,
+        0
+    );
     // Staff: credit_limit is read-only
     let sam = env.connect("sam").await;
-    let e = sam.execute("UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20", &[]).await.unwrap_err();
+    let e = sam
+        .execute(
+            "UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20",
+            &[],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
-    assert!(common::message(&e).contains("credit_limit"), "{}", common::message(&e));
+    assert!(
+        common::message(&e).contains("credit_limit"),
+        "{}",
+        common::message(&e)
+    );
     // Telemarketer: no edit at all
     let tom = env.connect("tom").await;
-    let e = tom.execute("UPDATE customers SET notes = 'x' WHERE id = 4", &[]).await.unwrap_err();
+    let e = tom
+        .execute("UPDATE customers SET notes = 'x' WHERE id = 4", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
     // copying an invisible value into a visible one is refused (dana: phone hidden off her records)
     let dana = env.connect("dana").await;
-    let e = dana.execute("UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20", &[]).await.unwrap_err();
+    let e = dana
+        .execute(
+            "UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20",
+            &[],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
     // RETURNING obeys field rules
     let gina_like = env.connect("carl").await;
-    let e = gina_like.query("UPDATE orders SET status = status WHERE id = 1 RETURNING amount", &[]).await.unwrap_err();
+    let e = gina_like
+        .query(
+            "UPDATE orders SET status = status WHERE id = 1 RETURNING amount",
+            &[],
+        )
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
-    assert_eq!(scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await, 0);
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await,
+        0
+    );
 }
 
 /// Error-message oracle: an error-raising predicate must not be evaluated on rows outside the
@@ -285,8 +493,16 @@ async fn writes_are_confined() {
 async fn error_oracle_does_not_reveal_out_of_scope_rows() {
     let env = Env::start().await;
     let direct = env.direct().await;
-    let other: i32 = direct.query_one("SELECT min(id) FROM customers WHERE owner = 'sam'", &[]).await.unwrap().get(0);
-    let name: String = direct.query_one("SELECT name FROM customers WHERE id = $1", &[&other]).await.unwrap().get(0);
+    let other: i32 = direct
+        .query_one("SELECT min(id) FROM customers WHERE owner = 'sam'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let name: String = direct
+        .query_one("SELECT name FROM customers WHERE id = $1", &[&other])
+        .await
+        .unwrap()
+        .get(0);
     let rita = env.connect("rita").await;
     for sql in [
         "SELECT count(*) FROM customers WHERE 1 / (CASE WHEN owner = 'sam' THEN 0 ELSE 1 END) = 1".to_owned(),

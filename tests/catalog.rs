@@ -55,7 +55,11 @@ fn pgveil(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,24 +84,38 @@ async fn constraints_reject_invalid_policy() {
         assert_eq!(code(&e), want, "{sql}: {e}");
     }
     // remove_all_roles keeps CRM Administrator; copy_roles superimposes
-    d.batch_execute("SELECT pgveil.assign_role('maria', 'CRM Administrator')").await.unwrap();
-    d.batch_execute("SELECT pgveil.remove_all_roles('maria')").await.unwrap();
+    d.batch_execute("SELECT pgveil.assign_role('maria', 'CRM Administrator')")
+        .await
+        .unwrap();
+    d.batch_execute("SELECT pgveil.remove_all_roles('maria')")
+        .await
+        .unwrap();
     let roles: Vec<String> = d
-        .query("SELECT role FROM pgveil.assignments WHERE user_name = 'maria'", &[])
+        .query(
+            "SELECT role FROM pgveil.assignments WHERE user_name = 'maria'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(roles, vec!["CRM Administrator".to_owned()]);
-    d.batch_execute("SELECT pgveil.copy_roles('dana', 'sam')").await.unwrap();
+    d.batch_execute("SELECT pgveil.copy_roles('dana', 'sam')")
+        .await
+        .unwrap();
     let n: i64 = d
-        .query_one("SELECT count(*) FROM pgveil.assignments WHERE user_name = 'sam'", &[])
+        .query_one(
+            "SELECT count(*) FROM pgveil.assignments WHERE user_name = 'sam'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(n, 3, "Staff + Sales Representative + Telemarketer");
-    d.batch_execute("SELECT pgveil.set_primary_role('sam', 'Telemarketer')").await.unwrap();
+    d.batch_execute("SELECT pgveil.set_primary_role('sam', 'Telemarketer')")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,28 +131,59 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
     ))
     .await
     .unwrap();
-    let before = count(&rita, "SELECT count(*) FROM customers").await.unwrap();
+    let before = count(&rita, "SELECT count(*) FROM customers")
+        .await
+        .unwrap();
     assert!(before < 2000);
     let d = env.direct().await;
-    d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')").await.unwrap();
-    let took = eventually("rita sees all customers", || async { count(&rita, "SELECT count(*) FROM customers").await.ok() == Some(2000) }).await;
-    eventually("second instance converges", || async { count(&rita2, "SELECT count(*) FROM customers").await.ok() == Some(2000) }).await;
+    d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')")
+        .await
+        .unwrap();
+    let took = eventually("rita sees all customers", || async {
+        count(&rita, "SELECT count(*) FROM customers").await.ok() == Some(2000)
+    })
+    .await;
+    eventually("second instance converges", || async {
+        count(&rita2, "SELECT count(*) FROM customers").await.ok() == Some(2000)
+    })
+    .await;
     println!("reload visible after {took:?}");
     // a field rule change applies to the same open session
-    d.batch_execute("SELECT pgveil.set_field('Sales Representative', 'customers', 'phone', 'invisible')").await.unwrap();
-    eventually("phone hidden", || async { count(&rita, "SELECT count(phone) FROM customers").await.ok() == Some(0) }).await;
+    d.batch_execute(
+        "SELECT pgveil.set_field('Sales Representative', 'customers', 'phone', 'invisible')",
+    )
+    .await
+    .unwrap();
+    eventually("phone hidden", || async {
+        count(&rita, "SELECT count(phone) FROM customers")
+            .await
+            .ok()
+            == Some(0)
+    })
+    .await;
     // revoking the role: next statement refused
-    d.batch_execute("SELECT pgveil.revoke_role('rita', 'Sales Representative')").await.unwrap();
+    d.batch_execute("SELECT pgveil.revoke_role('rita', 'Sales Representative')")
+        .await
+        .unwrap();
     eventually("rita refused", || async {
         matches!(rita.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
     })
     .await;
     // a reload that fails keeps the last good policy: break a catalog table, change nothing else
-    d.batch_execute("ALTER TABLE pgveil.safe_functions RENAME TO safe_functions_gone").await.unwrap();
-    d.batch_execute("NOTIFY pgveil_policy, 'test'").await.unwrap();
+    d.batch_execute("ALTER TABLE pgveil.safe_functions RENAME TO safe_functions_gone")
+        .await
+        .unwrap();
+    d.batch_execute("NOTIFY pgveil_policy, 'test'")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let maria = env.connect("maria").await;
-    assert!(count(&maria, "SELECT count(*) FROM customers").await.unwrap() > 0);
+    assert!(
+        count(&maria, "SELECT count(*) FROM customers")
+            .await
+            .unwrap()
+            > 0
+    );
     second.shutdown().await;
 }
 
@@ -148,17 +197,34 @@ async fn temporary_role_expires_inside_a_session() {
     .await
     .unwrap();
     let gina = env.connect("gina").await;
-    eventually("gina reads while valid", || async { count(&gina, "SELECT count(*) FROM customers").await.ok() == Some(5) }).await;
+    eventually("gina reads while valid", || async {
+        count(&gina, "SELECT count(*) FROM customers").await.ok() == Some(5)
+    })
+    .await;
     eventually("gina refused after expiry", || async {
         matches!(gina.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
     })
     .await;
     // expired and conditional assignments from the demo
     let ex = env.connect("ex").await;
-    assert_eq!(code(&ex.simple_query("SELECT * FROM customers").await.unwrap_err()), "42501");
+    assert_eq!(
+        code(
+            &ex.simple_query("SELECT * FROM customers")
+                .await
+                .unwrap_err()
+        ),
+        "42501"
+    );
     let nora = env.connect("nora").await; // Manager only from 10.0.0.0/8: from 127.0.0.1 she is Staff
-    let n = count(&nora, "SELECT count(*) FROM customers").await.unwrap();
-    assert_eq!(n, count(&d, "SELECT count(*) FROM customers WHERE owner = 'nora'").await.unwrap());
+    let n = count(&nora, "SELECT count(*) FROM customers")
+        .await
+        .unwrap();
+    assert_eq!(
+        n,
+        count(&d, "SELECT count(*) FROM customers WHERE owner = 'nora'")
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,13 +232,38 @@ async fn own_permissions_are_queryable() {
     let env = Env::start().await;
     let tom = env.connect("tom").await;
     let rows = tom
-        .query("SELECT kind, object, name, detail FROM pgveil_my_permissions ORDER BY 1, 2, 3", &[])
+        .query(
+            "SELECT kind, object, name, detail FROM pgveil_my_permissions ORDER BY 1, 2, 3",
+            &[],
+        )
         .await
         .unwrap();
-    let flat: Vec<String> = rows.iter().map(|r| format!("{}|{}|{}|{}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(3))).collect();
-    assert!(flat.iter().any(|l| l.starts_with("role||Telemarketer")), "{flat:?}");
-    assert!(flat.iter().any(|l| l.starts_with("field|customers|phone|invisible")), "{flat:?}");
-    assert!(flat.iter().any(|l| l.starts_with("action|customers|list|department in")), "{flat:?}");
+    let flat: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect();
+    assert!(
+        flat.iter().any(|l| l.starts_with("role||Telemarketer")),
+        "{flat:?}"
+    );
+    assert!(
+        flat.iter()
+            .any(|l| l.starts_with("field|customers|phone|invisible")),
+        "{flat:?}"
+    );
+    assert!(
+        flat.iter()
+            .any(|l| l.starts_with("action|customers|list|department in")),
+        "{flat:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,8 +275,18 @@ async fn cli_policy_roundtrip_passwd_explain_check() {
     let (ok, out, err) = pgveil(&["check", "--config", cfg], None);
     assert!(ok, "{out}{err}");
     std::fs::write(dir.path().join("bad.toml"), "[server]\nlisten = 'x'\nmax_connections = 0\n[upstream]\nhost='h'\ndatabase='d'\nuser='u'\n").unwrap();
-    let (ok, _, err) = pgveil(&["check", "--config", dir.path().join("bad.toml").to_str().unwrap()], None);
-    assert!(!ok && err.contains("server.listen") && err.contains("server.max_connections"), "{err}");
+    let (ok, _, err) = pgveil(
+        &[
+            "check",
+            "--config",
+            dir.path().join("bad.toml").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("server.listen") && err.contains("server.max_connections"),
+        "{err}"
+    );
     // export → file equals the applied demo policy; re-applying changes nothing
     let (ok, exported, err) = pgveil(&["policy", "export", "--config", cfg], None);
     assert!(ok, "{err}");
@@ -194,31 +295,87 @@ async fn cli_policy_roundtrip_passwd_explain_check() {
     assert_eq!(demo, back, "export is the applied policy");
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, &exported).unwrap();
-    let (ok, out, err) = pgveil(&["policy", "apply", file.to_str().unwrap(), "--config", cfg], None);
+    let (ok, out, err) = pgveil(
+        &["policy", "apply", file.to_str().unwrap(), "--config", cfg],
+        None,
+    );
     assert!(ok && out.contains("already matches"), "{out}{err}");
     // a change shows in --dry-run and is not applied
-    std::fs::write(&file, exported.replace("name = \"Shipping Personnel\"", "name = \"Shipping Crew\"").replace("role = \"Shipping Personnel\"", "role = \"Shipping Crew\"")).unwrap();
-    let (ok, out, err) = pgveil(&["policy", "apply", file.to_str().unwrap(), "--dry-run", "--config", cfg], None);
-    assert!(ok && out.contains("+ role Shipping Crew") && out.contains("- role Shipping Personnel"), "{out}{err}");
-    let (ok, out, err) = pgveil(&["policy", "apply", file.to_str().unwrap(), "--config", cfg], None);
+    std::fs::write(
+        &file,
+        exported
+            .replace("name = \"Shipping Personnel\"", "name = \"Shipping Crew\"")
+            .replace("role = \"Shipping Personnel\"", "role = \"Shipping Crew\""),
+    )
+    .unwrap();
+    let (ok, out, err) = pgveil(
+        &[
+            "policy",
+            "apply",
+            file.to_str().unwrap(),
+            "--dry-run",
+            "--config",
+            cfg,
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("+ role Shipping Crew") && out.contains("- role Shipping Personnel"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = pgveil(
+        &["policy", "apply", file.to_str().unwrap(), "--config", cfg],
+        None,
+    );
     assert!(ok, "{out}{err}");
     let d = env.direct().await;
-    assert_eq!(count(&d, "SELECT count(*) FROM pgveil.roles WHERE name = 'Shipping Crew'").await.unwrap(), 1);
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM pgveil.roles WHERE name = 'Shipping Crew'"
+        )
+        .await
+        .unwrap(),
+        1
+    );
     // passwords: policy enforced, verifier stored, login works
-    let (ok, _, err) = pgveil(&["user", "passwd", "rita", "--config", cfg], Some("short\n"));
+    let (ok, _, err) = pgveil(
+        &["user", "passwd", "rita", "--config", cfg],
+        Some("short\n"),
+    );
     assert!(!ok && err.contains("password policy"), "{err}");
-    let (ok, _, err) = pgveil(&["user", "passwd", "rita", "--config", cfg], Some("NewSecret2026x\n"));
+    let (ok, _, err) = pgveil(
+        &["user", "passwd", "rita", "--config", cfg],
+        Some("NewSecret2026x\n"),
+    );
     assert!(ok, "{err}");
-    let v: String = d.query_one("SELECT password_verifier FROM pgveil.users WHERE name = 'rita'", &[]).await.unwrap().get(0);
+    let v: String = d
+        .query_one(
+            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(v.starts_with("SCRAM-SHA-256$") && !v.contains("NewSecret"));
     eventually("new password accepted", || async {
-        common::connect_str(&format!("host=127.0.0.1 port={} user=rita password=NewSecret2026x dbname=crm", env.port())).await.is_ok()
+        common::connect_str(&format!(
+            "host=127.0.0.1 port={} user=rita password=NewSecret2026x dbname=crm",
+            env.port()
+        ))
+        .await
+        .is_ok()
     })
     .await;
     // explain
     let (ok, out, err) = pgveil(&["explain", "--user", "dana", "--config", cfg], None);
     assert!(ok, "{err}");
-    assert!(out.contains("Telemarketer") && out.contains("Sales Representative") && out.contains("field phone"), "{out}");
+    assert!(
+        out.contains("Telemarketer")
+            && out.contains("Sales Representative")
+            && out.contains("field phone"),
+        "{out}"
+    );
     let (ok, out, _) = pgveil(&["explain", "--user", "nora", "--config", cfg], None);
     assert!(ok && out.contains("outside the allowed networks"), "{out}");
 }
@@ -227,30 +384,59 @@ async fn cli_policy_roundtrip_passwd_explain_check() {
 async fn alter_user_password_through_pgveil() {
     let env = Env::start().await;
     let rita = env.connect("rita").await;
-    let e = rita.batch_execute("ALTER USER rita PASSWORD 'weak'").await.unwrap_err();
+    let e = rita
+        .batch_execute("ALTER USER rita PASSWORD 'weak'")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "22023", "{e}");
-    let e = rita.batch_execute("ALTER USER sam PASSWORD 'Another-Pass-2026'").await.unwrap_err();
+    let e = rita
+        .batch_execute("ALTER USER sam PASSWORD 'Another-Pass-2026'")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
-    rita.batch_execute("ALTER USER rita PASSWORD 'Another-Pass-2026'").await.unwrap();
+    rita.batch_execute("ALTER USER rita PASSWORD 'Another-Pass-2026'")
+        .await
+        .unwrap();
     let d = env.direct().await;
-    let v: String = d.query_one("SELECT password_verifier FROM pgveil.users WHERE name = 'rita'", &[]).await.unwrap().get(0);
+    let v: String = d
+        .query_one(
+            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(v.starts_with("SCRAM-SHA-256$"));
     // no PostgreSQL role was created or changed
-    assert_eq!(count(&d, "SELECT count(*) FROM pg_roles WHERE rolname = 'rita'").await.unwrap(), 0);
-    eventually("new password works", || async {
-        common::connect_str(&format!("host=127.0.0.1 port={} user=rita password=Another-Pass-2026 dbname=crm", env.port()))
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM pg_roles WHERE rolname = 'rita'")
             .await
-            .is_ok()
+            .unwrap(),
+        0
+    );
+    eventually("new password works", || async {
+        common::connect_str(&format!(
+            "host=127.0.0.1 port={} user=rita password=Another-Pass-2026 dbname=crm",
+            env.port()
+        ))
+        .await
+        .is_ok()
     })
     .await;
     // psql's \password sends a verifier computed on the client: accepted as is
     let verifier = pgveil::policy::password::make_verifier("Client-Side-2026");
     let admin = env.connect("admin").await;
-    admin.batch_execute(&format!("ALTER USER sam PASSWORD '{verifier}'")).await.unwrap();
+    admin
+        .batch_execute(&format!("ALTER USER sam PASSWORD '{verifier}'"))
+        .await
+        .unwrap();
     eventually("verifier password works", || async {
-        common::connect_str(&format!("host=127.0.0.1 port={} user=sam password=Client-Side-2026 dbname=crm", env.port()))
-            .await
-            .is_ok()
+        common::connect_str(&format!(
+            "host=127.0.0.1 port={} user=sam password=Client-Side-2026 dbname=crm",
+            env.port()
+        ))
+        .await
+        .is_ok()
     })
     .await;
 }

@@ -5,7 +5,10 @@ mod common;
 use common::{code, message, Env};
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +19,11 @@ async fn row_scopes_per_role() {
     let rita = env.connect("rita").await;
     assert_eq!(
         count(&rita, "SELECT count(*) FROM customers").await,
-        count(&direct, "SELECT count(*) FROM customers WHERE owner = 'rita'").await
+        count(
+            &direct,
+            "SELECT count(*) FROM customers WHERE owner = 'rita'"
+        )
+        .await
     );
     // orders inherit from customers (parent scope)
     assert_eq!(
@@ -33,17 +40,38 @@ async fn row_scopes_per_role() {
     let tom = env.connect("tom").await;
     assert_eq!(
         count(&tom, "SELECT count(*) FROM customers").await,
-        count(&direct, "SELECT count(*) FROM customers WHERE department = 'sales_west'").await
+        count(
+            &direct,
+            "SELECT count(*) FROM customers WHERE department = 'sales_west'"
+        )
+        .await
     );
     assert_eq!(count(&tom, "SELECT count(phone) FROM customers").await, 0);
-    assert_eq!(count(&tom, "SELECT count(*) FROM customers WHERE phone LIKE '+1%'").await, 0, "no probing");
+    assert_eq!(
+        count(
+            &tom,
+            "SELECT count(*) FROM customers WHERE phone LIKE '+1%'"
+        )
+        .await,
+        0,
+        "no probing"
+    );
     // gina: Guest, 5 assigned customers, email partially masked
     let gina = env.connect("gina").await;
-    let rows = gina.query("SELECT id, email, credit_limit, notes FROM customers ORDER BY id", &[]).await.unwrap();
+    let rows = gina
+        .query(
+            "SELECT id, email, credit_limit, notes FROM customers ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 5);
     for r in &rows {
         let email: String = r.get(1);
-        assert!(email.starts_with('*') && !email.contains("contact"), "{email}");
+        assert!(
+            email.starts_with('*') && !email.contains("contact"),
+            "{email}"
+        );
         assert!(r.get::<_, Option<rust_decimal_stub::Dec>>(2).is_none());
     }
     // admin sees everything
@@ -55,7 +83,10 @@ mod rust_decimal_stub {
     /// Accepts a numeric column only to check it is NULL.
     pub struct Dec;
     impl<'a> tokio_postgres::types::FromSql<'a> for Dec {
-        fn from_sql(_: &tokio_postgres::types::Type, _: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        fn from_sql(
+            _: &tokio_postgres::types::Type,
+            _: &'a [u8],
+        ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
             Ok(Dec)
         }
         fn accepts(_: &tokio_postgres::types::Type) -> bool {
@@ -69,14 +100,20 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
     let env = Env::start().await;
     let rita = env.connect("rita").await;
     // not a pgveil object
-    let e = rita.simple_query("SELECT * FROM internal_salaries").await.unwrap_err();
+    let e = rita
+        .simple_query("SELECT * FROM internal_salaries")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501", "{e}");
     // no permission on tickets
     let e = rita.query("SELECT * FROM tickets", &[]).await.unwrap_err();
     assert_eq!(code(&e), "42501");
     assert!(message(&e).contains("tickets"), "{}", message(&e));
     // unparseable
-    let e = rita.simple_query("SELECT * FROM customers WHERE id = ANY( OPERATOR(pg_catalog.=) )").await.unwrap_err();
+    let e = rita
+        .simple_query("SELECT * FROM customers WHERE id = ANY( OPERATOR(pg_catalog.=) )")
+        .await
+        .unwrap_err();
     assert!(["0A000", "42501"].contains(&code(&e).as_str()), "{e}");
     // DDL
     let e = rita.simple_query("DROP TABLE customers").await.unwrap_err();
@@ -85,7 +122,10 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
     // inside a transaction a refusal aborts it
     rita.simple_query("BEGIN").await.unwrap();
-    let e = rita.simple_query("SELECT * FROM tickets").await.unwrap_err();
+    let e = rita
+        .simple_query("SELECT * FROM tickets")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
     let e = rita.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(code(&e), "25P02");
@@ -101,21 +141,48 @@ async fn view_without_list_deny_max_rows_and_export() {
     let e = sid.query("SELECT * FROM customers", &[]).await.unwrap_err();
     assert_eq!(code(&e), "42501");
     assert!(message(&e).contains("list"), "{}", message(&e));
-    let e = sid.query("SELECT * FROM customers WHERE id > 5", &[]).await.unwrap_err();
+    let e = sid
+        .query("SELECT * FROM customers WHERE id > 5", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
-    let row = sid.query_one("SELECT name, credit_limit::text FROM customers WHERE id = $1", &[&5i32]).await.unwrap();
-    let truth: String = env.direct().await.query_one("SELECT name FROM customers WHERE id = 5", &[]).await.unwrap().get(0);
+    let row = sid
+        .query_one(
+            "SELECT name, credit_limit::text FROM customers WHERE id = $1",
+            &[&5i32],
+        )
+        .await
+        .unwrap();
+    let truth: String = env
+        .direct()
+        .await
+        .query_one("SELECT name FROM customers WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(row.get::<_, String>(0), truth);
-    assert!(row.get::<_, Option<String>>(1).is_none(), "credit_limit invisible for shipping");
+    assert!(
+        row.get::<_, Option<String>>(1).is_none(),
+        "credit_limit invisible for shipping"
+    );
     // explicit deny on opportunities
-    let e = sid.query("SELECT * FROM opportunities", &[]).await.unwrap_err();
+    let e = sid
+        .query("SELECT * FROM opportunities", &[])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
     assert!(message(&e).contains("deny"), "{}", message(&e));
     // carl: max 500 rows per query; tickets scope is all (1500): fails cleanly, no partial rows
     let carl = env.connect("carl").await;
     let e = carl.query("SELECT id FROM tickets", &[]).await.unwrap_err();
     assert_eq!(code(&e), "54000", "{e}");
-    assert_eq!(carl.query("SELECT id FROM tickets ORDER BY id LIMIT 500", &[]).await.unwrap().len(), 500);
+    assert_eq!(
+        carl.query("SELECT id FROM tickets ORDER BY id LIMIT 500", &[])
+            .await
+            .unwrap()
+            .len(),
+        500
+    );
     // export: maria may export customers (COPY returns only her scope)
     let maria = env.connect("maria").await;
     use futures::StreamExt;
@@ -125,7 +192,10 @@ async fn view_without_list_deny_max_rows_and_export() {
     while let Some(c) = s.next().await {
         bytes.extend_from_slice(&c.unwrap());
     }
-    let lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as i64;
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as i64;
     let direct = env.direct().await;
     let expected: i64 = direct
         .query_one("SELECT count(*) FROM customers WHERE department IN ('sales', 'sales_east', 'sales_west')", &[])
@@ -134,14 +204,29 @@ async fn view_without_list_deny_max_rows_and_export() {
         .get(0);
     assert_eq!(lines, expected);
     // carl has data_export but no tickets.export permission
-    let Err(e) = carl.copy_out("COPY (SELECT id FROM tickets LIMIT 1) TO STDOUT").await else { panic!("export allowed") };
+    let Err(e) = carl
+        .copy_out("COPY (SELECT id FROM tickets LIMIT 1) TO STDOUT")
+        .await
+    else {
+        panic!("export allowed")
+    };
     assert_eq!(code(&e), "42501");
     // rita: data export disabled for her role
     let rita = env.connect("rita").await;
-    let Err(e) = rita.copy_out("COPY (SELECT id FROM customers) TO STDOUT").await else { panic!("export allowed") };
+    let Err(e) = rita
+        .copy_out("COPY (SELECT id FROM customers) TO STDOUT")
+        .await
+    else {
+        panic!("export allowed")
+    };
     assert_eq!(code(&e), "42501");
     // COPY FROM: rita's create scope is not `all` → refused; nothing imported
-    let Err(e) = rita.copy_in::<_, bytes::Bytes>("COPY customers (name, department) FROM STDIN").await else { panic!("import allowed") };
+    let Err(e) = rita
+        .copy_in::<_, bytes::Bytes>("COPY customers (name, department) FROM STDIN")
+        .await
+    else {
+        panic!("import allowed")
+    };
     assert_eq!(code(&e), "42501");
 }
 
@@ -149,16 +234,27 @@ async fn view_without_list_deny_max_rows_and_export() {
 async fn cursors_sql_prepare_pipelines_and_multi_statements() {
     let env = Env::start().await;
     let direct = env.direct().await;
-    let mine: i64 = direct.query_one("SELECT count(*) FROM customers WHERE owner = 'rita'", &[]).await.unwrap().get(0);
+    let mine: i64 = direct
+        .query_one("SELECT count(*) FROM customers WHERE owner = 'rita'", &[])
+        .await
+        .unwrap()
+        .get(0);
     let rita = env.connect("rita").await;
     // cursors read through the policy
-    rita.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id FROM customers").await.unwrap();
+    rita.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id FROM customers")
+        .await
+        .unwrap();
     let msgs = rita.simple_query("FETCH ALL FROM c").await.unwrap();
-    let n = msgs.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count() as i64;
+    let n = msgs
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count() as i64;
     assert_eq!(n, mine);
     rita.batch_execute("CLOSE c; COMMIT").await.unwrap();
     // SQL-level PREPARE / EXECUTE
-    rita.batch_execute("PREPARE p(int) AS SELECT count(*) FROM customers WHERE id > $1").await.unwrap();
+    rita.batch_execute("PREPARE p(int) AS SELECT count(*) FROM customers WHERE id > $1")
+        .await
+        .unwrap();
     let msgs = rita.simple_query("EXECUTE p(0)").await.unwrap();
     let got: i64 = msgs
         .iter()
@@ -184,7 +280,10 @@ async fn cursors_sql_prepare_pipelines_and_multi_statements() {
     assert_eq!(code(&b.unwrap_err()), "42501");
     assert_eq!(c.unwrap().get::<_, i64>(0), 200);
     // EXPLAIN shows only the user's view
-    let plan = rita.simple_query("EXPLAIN SELECT * FROM customers").await.unwrap();
+    let plan = rita
+        .simple_query("EXPLAIN SELECT * FROM customers")
+        .await
+        .unwrap();
     let text: String = plan
         .iter()
         .filter_map(|m| match m {
@@ -202,18 +301,30 @@ async fn limits_on_untrusted_sql_and_startup_options() {
     let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
     let e = rita.simple_query(&deep).await.unwrap_err();
     assert_eq!(code(&e), "54000", "{e}");
-    let nested = format!("SELECT count(*) FROM {}customers{}", "(SELECT * FROM ".repeat(100), ") s".repeat(100));
+    let nested = format!(
+        "SELECT count(*) FROM {}customers{}",
+        "(SELECT * FROM ".repeat(100),
+        ") s".repeat(100)
+    );
     let e = rita.simple_query(&nested).await.unwrap_err();
     assert_eq!(code(&e), "54000", "{e}");
     let huge = format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024));
     let e = rita.simple_query(&huge).await.unwrap_err();
     assert_eq!(code(&e), "54000", "{e}");
-    let e = rita.simple_query("SELECT * FROM \"cust\\omers\"").await.unwrap_err();
+    let e = rita
+        .simple_query("SELECT * FROM \"cust\\omers\"")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "0A000", "{e}");
     // the session survives all of it
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
     // `options` from the client is never forwarded: search_path stays pinned
-    let evil = common::connect_str(&format!("{} options='-c search_path=pg_temp'", env.conn_str("rita"))).await.unwrap();
+    let evil = common::connect_str(&format!(
+        "{} options='-c search_path=pg_temp'",
+        env.conn_str("rita")
+    ))
+    .await
+    .unwrap();
     let sp = evil.simple_query("SHOW search_path").await.unwrap();
     let value = sp.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),

@@ -12,13 +12,43 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 const TABLES: &[&str] = &[
-    "customers", "public.customers", "\"customers\"", "CUSTOMERS", "orders", "payments", "tickets", "products",
-    "opportunities", "internal_salaries", "pg_class", "pg_stats", "pgveil.users", "crm.public.orders", "ONLY customers",
+    "customers",
+    "public.customers",
+    "\"customers\"",
+    "CUSTOMERS",
+    "orders",
+    "payments",
+    "tickets",
+    "products",
+    "opportunities",
+    "internal_salaries",
+    "pg_class",
+    "pg_stats",
+    "pgveil.users",
+    "crm.public.orders",
+    "ONLY customers",
 ];
-const COLS: &[&str] = &["id", "name", "phone", "owner", "amount", "*", "count(*)", "c.phone", "x.id", "customer_id"];
+const COLS: &[&str] = &[
+    "id",
+    "name",
+    "phone",
+    "owner",
+    "amount",
+    "*",
+    "count(*)",
+    "c.phone",
+    "x.id",
+    "customer_id",
+];
 const PREDS: &[&str] = &[
-    "id = 1", "phone LIKE '%5%'", "owner = 'sam'", "true", "id IN (SELECT customer_id FROM orders)",
-    "EXISTS (SELECT 1 FROM customers c2 WHERE c2.id = x.id)", "amount > 10", "name = 'a\\'' OR 1=1 --'",
+    "id = 1",
+    "phone LIKE '%5%'",
+    "owner = 'sam'",
+    "true",
+    "id IN (SELECT customer_id FROM orders)",
+    "EXISTS (SELECT 1 FROM customers c2 WHERE c2.id = x.id)",
+    "amount > 10",
+    "name = 'a\\'' OR 1=1 --'",
 ];
 
 fn pick<'a>(r: &mut StdRng, v: &[&'a str]) -> &'a str {
@@ -40,8 +70,16 @@ fn query(r: &mut StdRng, depth: u32) -> String {
     }
     match r.gen_range(0..8) {
         0 => format!("WITH w AS ({q}) SELECT * FROM w"),
-        1 => format!("{q} UNION SELECT {} FROM {}", pick(r, COLS), pick(r, TABLES)),
-        2 => format!("UPDATE {} SET name = 'x' WHERE {}", pick(r, TABLES), pick(r, PREDS)),
+        1 => format!(
+            "{q} UNION SELECT {} FROM {}",
+            pick(r, COLS),
+            pick(r, TABLES)
+        ),
+        2 => format!(
+            "UPDATE {} SET name = 'x' WHERE {}",
+            pick(r, TABLES),
+            pick(r, PREDS)
+        ),
         3 => format!("DELETE FROM {} WHERE {}", pick(r, TABLES), pick(r, PREDS)),
         4 => format!("INSERT INTO {} (name) {q}", pick(r, TABLES)),
         5 => format!("COPY ({q}) TO STDOUT"),
@@ -60,7 +98,10 @@ fn mutate(r: &mut StdRng, s: &str) -> String {
             0 => {
                 b.remove(i);
             }
-            1 => b.insert(i, ['(', ')', '\'', '"', ';', '\\', ' ', '$', '-', '/', '*'][r.gen_range(0..11)]),
+            1 => b.insert(
+                i,
+                ['(', ')', '\'', '"', ';', '\\', ' ', '$', '-', '/', '*'][r.gen_range(0..11)],
+            ),
             2 => {
                 let j = r.gen_range(0..b.len());
                 b.swap(i, j);
@@ -85,7 +126,11 @@ impl Visitor for Check<'_> {
         let trusted = matches!(tf, TableFactor::Derived { subquery, .. } if self.policies.contains(&subquery.to_string()));
         self.trusted.push(trusted);
         if let TableFactor::Table { name, .. } = tf {
-            let last = name.0.last().map(|p| p.to_string().trim_matches('"').to_lowercase()).unwrap_or_default();
+            let last = name
+                .0
+                .last()
+                .map(|p| p.to_string().trim_matches('"').to_lowercase())
+                .unwrap_or_default();
             if self.protected.contains(&last.as_str()) && !self.trusted.iter().any(|t| *t) {
                 self.violation = Some(name.to_string());
                 return ControlFlow::Break(());
@@ -105,12 +150,22 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
     let relations = bench_relations();
     let store = PolicyStore::new(catalog, relations, 100);
     let snap = store.snapshot();
-    let protected = ["customers", "orders", "payments", "tickets", "products", "opportunities", "internal_salaries"];
+    let protected = [
+        "customers",
+        "orders",
+        "payments",
+        "tickets",
+        "products",
+        "opportunities",
+        "internal_salaries",
+    ];
     let path = vec!["public".to_owned()];
     let mut rng = StdRng::seed_from_u64(0x9e37_79b9);
     let mut forwarded = 0;
     for user in ["rita", "tom", "dana", "sid", "carl", "gina"] {
-        let eff = store.effective_in(&snap, user, chrono::Utc::now(), None).unwrap();
+        let eff = store
+            .effective_in(&snap, user, chrono::Utc::now(), None)
+            .unwrap();
         let policies = policy_query_texts(&eff);
         for i in 0..1500 {
             let mut sql = query(&mut rng, 0);
@@ -119,11 +174,19 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
             }
             let cx = Cx::new(&eff, &snap, &path, "crm", 64);
             let verdict = enforce_text(&cx, &sql, i % 2 == 0);
-            let Verdict::Forward(out) = verdict else { continue };
+            let Verdict::Forward(out) = verdict else {
+                continue;
+            };
             forwarded += 1;
-            let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &out).unwrap_or_else(|e| panic!("{sql}\n→ {out}\n{e}"));
+            let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &out)
+                .unwrap_or_else(|e| panic!("{sql}\n→ {out}\n{e}"));
             for s in stmts {
-                let mut c = Check { policies: &policies, protected: &protected, trusted: vec![], violation: None };
+                let mut c = Check {
+                    policies: &policies,
+                    protected: &protected,
+                    trusted: vec![],
+                    violation: None,
+                };
                 // DML targets are not reads: check every other part of the statement.
                 let _ = match &s {
                     Statement::Update(u) => {
@@ -144,11 +207,18 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
                     }
                     other => other.visit(&mut c),
                 };
-                assert!(c.violation.is_none(), "ESCAPE for {user}: {sql}\n→ {out}\nraw {:?}", c.violation);
+                assert!(
+                    c.violation.is_none(),
+                    "ESCAPE for {user}: {sql}\n→ {out}\nraw {:?}",
+                    c.violation
+                );
             }
         }
     }
-    assert!(forwarded > 500, "the grammar should produce many allowed statements ({forwarded})");
+    assert!(
+        forwarded > 500,
+        "the grammar should produce many allowed statements ({forwarded})"
+    );
 }
 
 fn bench_relations() -> pgveil::policy::model::RelationMap {
@@ -159,17 +229,83 @@ fn bench_relations() -> pgveil::policy::model::RelationMap {
             Relation {
                 schema: "public".into(),
                 name: n.into(),
-                columns: cols.iter().map(|c| Column { name: (*c).into(), type_name: "text".into(), is_text: true }).collect(),
+                columns: cols
+                    .iter()
+                    .map(|c| Column {
+                        name: (*c).into(),
+                        type_name: "text".into(),
+                        is_text: true,
+                    })
+                    .collect(),
             },
         )
     };
     [
-        t("customers", &["id", "name", "email", "phone", "owner", "department", "team", "region", "credit_limit", "notes", "created_at"]),
-        t("orders", &["id", "customer_id", "amount", "status", "owner", "department", "created_at"]),
-        t("payments", &["id", "order_id", "amount", "method", "card_last4", "paid_at"]),
+        t(
+            "customers",
+            &[
+                "id",
+                "name",
+                "email",
+                "phone",
+                "owner",
+                "department",
+                "team",
+                "region",
+                "credit_limit",
+                "notes",
+                "created_at",
+            ],
+        ),
+        t(
+            "orders",
+            &[
+                "id",
+                "customer_id",
+                "amount",
+                "status",
+                "owner",
+                "department",
+                "created_at",
+            ],
+        ),
+        t(
+            "payments",
+            &[
+                "id",
+                "order_id",
+                "amount",
+                "method",
+                "card_last4",
+                "paid_at",
+            ],
+        ),
         t("products", &["id", "sku", "name", "price", "cost", "stock"]),
-        t("tickets", &["id", "customer_id", "subject", "status", "priority", "assignee", "department", "team"]),
-        t("opportunities", &["id", "customer_id", "title", "value", "stage", "owner", "department"]),
+        t(
+            "tickets",
+            &[
+                "id",
+                "customer_id",
+                "subject",
+                "status",
+                "priority",
+                "assignee",
+                "department",
+                "team",
+            ],
+        ),
+        t(
+            "opportunities",
+            &[
+                "id",
+                "customer_id",
+                "title",
+                "value",
+                "stage",
+                "owner",
+                "department",
+            ],
+        ),
         t("internal_salaries", &["employee", "salary"]),
     ]
     .into_iter()

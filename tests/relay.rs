@@ -29,12 +29,18 @@ async fn unrestricted_user_sees_same_results_as_direct() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_and_unknown_user_get_the_same_error() {
     let env = Env::start().await;
-    let bad = common::connect_str(&format!("host=127.0.0.1 port={} user=admin password=nope dbname=crm", env.port()))
-        .await
-        .unwrap_err();
-    let unknown = common::connect_str(&format!("host=127.0.0.1 port={} user=nobody password=nope dbname=crm", env.port()))
-        .await
-        .unwrap_err();
+    let bad = common::connect_str(&format!(
+        "host=127.0.0.1 port={} user=admin password=nope dbname=crm",
+        env.port()
+    ))
+    .await
+    .unwrap_err();
+    let unknown = common::connect_str(&format!(
+        "host=127.0.0.1 port={} user=nobody password=nope dbname=crm",
+        env.port()
+    ))
+    .await
+    .unwrap_err();
     assert_eq!(code(&bad), "28P01");
     assert_eq!(code(&unknown), "28P01");
     assert_eq!(
@@ -48,7 +54,9 @@ async fn wrong_password_and_unknown_user_get_the_same_error() {
 
 async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let mut body = Vec::new();
     body.extend_from_slice(&196608u32.to_be_bytes());
     for (k, v) in params {
@@ -70,24 +78,65 @@ async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
 async fn startup_refusals_are_clean_errors() {
     let env = Env::start().await;
     let port = env.port();
-    let r = raw_startup(port, &[("user", "admin"), ("database", "crm"), ("replication", "database")]).await;
-    assert!(String::from_utf8_lossy(&r).contains("0A000"), "replication refused: {r:?}");
-    let r = raw_startup(port, &[("user", "admin"), ("database", "crm"), ("client_encoding", "LATIN1")]).await;
-    assert!(String::from_utf8_lossy(&r).contains("22021"), "encoding refused");
+    let r = raw_startup(
+        port,
+        &[
+            ("user", "admin"),
+            ("database", "crm"),
+            ("replication", "database"),
+        ],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&r).contains("0A000"),
+        "replication refused: {r:?}"
+    );
+    let r = raw_startup(
+        port,
+        &[
+            ("user", "admin"),
+            ("database", "crm"),
+            ("client_encoding", "LATIN1"),
+        ],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&r).contains("22021"),
+        "encoding refused"
+    );
     let r = raw_startup(port, &[("user", "admin"), ("database", "other")]).await;
-    assert!(String::from_utf8_lossy(&r).contains("3D000"), "unknown database");
+    assert!(
+        String::from_utf8_lossy(&r).contains("3D000"),
+        "unknown database"
+    );
     // garbage and oversized packets only hurt their own connection
-    for junk in [&b"\x00\x00\x00\x08garbage!"[..], &b"\x7f\xff\xff\xff"[..], &b"GET / HTTP/1.1\r\n\r\n"[..]] {
+    for junk in [
+        &b"\x00\x00\x00\x08garbage!"[..],
+        &b"\x7f\xff\xff\xff"[..],
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+    ] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         let _ = s.write_all(junk).await;
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut sink)).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut sink)).await;
     }
     // a half-open connection does not block others
-    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let admin = env.connect("admin").await;
-    assert_eq!(admin.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        admin
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +146,10 @@ async fn protocol_features_pass_through() {
     let direct = env.direct().await;
     // portals with row limits inside a transaction
     let tx = admin.transaction().await.unwrap();
-    let stmt = tx.prepare("SELECT id FROM customers ORDER BY id").await.unwrap();
+    let stmt = tx
+        .prepare("SELECT id FROM customers ORDER BY id")
+        .await
+        .unwrap();
     let portal = tx.bind(&stmt, &[]).await.unwrap();
     let first = tx.query_portal(&portal, 10).await.unwrap();
     let second = tx.query_portal(&portal, 10).await.unwrap();
@@ -106,7 +158,10 @@ async fn protocol_features_pass_through() {
     // savepoints; a failed statement aborts until rollback to savepoint
     tx.batch_execute("SAVEPOINT s1").await.unwrap();
     assert!(tx.batch_execute("SELECT 1/0").await.is_err());
-    assert_eq!(code(&tx.batch_execute("SELECT 1").await.unwrap_err()), "25P02");
+    assert_eq!(
+        code(&tx.batch_execute("SELECT 1").await.unwrap_err()),
+        "25P02"
+    );
     tx.batch_execute("ROLLBACK TO SAVEPOINT s1").await.unwrap();
     tx.commit().await.unwrap();
     // pipelined queries (tokio-postgres pipelines concurrent futures)
@@ -115,7 +170,14 @@ async fn protocol_features_pass_through() {
         admin.query_one("SELECT 2::int4", &[]),
         admin.query_one("SELECT 3::int4", &[])
     );
-    assert_eq!((a.unwrap().get::<_, i32>(0), b.unwrap().get::<_, i32>(0), c.unwrap().get::<_, i32>(0)), (1, 2, 3));
+    assert_eq!(
+        (
+            a.unwrap().get::<_, i32>(0),
+            b.unwrap().get::<_, i32>(0),
+            c.unwrap().get::<_, i32>(0)
+        ),
+        (1, 2, 3)
+    );
     // COPY out in text, csv and binary: byte-identical to direct
     use futures::{SinkExt, StreamExt};
     for q in [
@@ -138,18 +200,35 @@ async fn protocol_features_pass_through() {
         assert_eq!(a, d, "{q}");
     }
     // COPY in
-    admin.batch_execute("CREATE TEMP TABLE t (a int, b text)").await.unwrap();
-    let sink = admin.copy_in("COPY t FROM STDIN (FORMAT csv)").await.unwrap();
+    admin
+        .batch_execute("CREATE TEMP TABLE t (a int, b text)")
+        .await
+        .unwrap();
+    let sink = admin
+        .copy_in("COPY t FROM STDIN (FORMAT csv)")
+        .await
+        .unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1,one\n2,two\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"1,one\n2,two\n"))
+        .await
+        .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    assert_eq!(admin.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get::<_, i64>(0), 2);
+    assert_eq!(
+        admin
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_reaches_an_idle_client_and_cancel_works() {
     let env = Env::start().await;
-    let (client, mut conn) = tokio_postgres::connect(&env.conn_str("admin"), tokio_postgres::NoTls).await.unwrap();
+    let (client, mut conn) = tokio_postgres::connect(&env.conn_str("admin"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut s = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -162,15 +241,23 @@ async fn notify_reaches_an_idle_client_and_cancel_works() {
     });
     client.batch_execute("LISTEN events").await.unwrap();
     let direct = env.direct().await;
-    direct.batch_execute("NOTIFY events, 'hello'").await.unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap();
+    direct
+        .batch_execute("NOTIFY events, 'hello'")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap();
     assert_eq!(got.as_deref(), Some("hello"));
     // cancel a long query through pgveil
     let token = client.cancel_token();
     let sleeper = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(30)").await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let r = tokio::time::timeout(std::time::Duration::from_secs(20), sleeper).await.unwrap().unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), sleeper)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(code(&r.unwrap_err()), "57014");
 }
 
@@ -196,10 +283,21 @@ async fn postgres_restart_is_survived() {
     assert_eq!(code(&e), "08006", "{e}");
     env.pg.pg_ctl_start().unwrap();
     let again = env.connect("admin").await;
-    assert_eq!(again.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        again
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     // the policy reloader reconnects too: restricted users are still enforced
     let rita = env.connect("rita").await;
-    let n: i64 = rita.query_one("SELECT count(*) FROM customers", &[]).await.unwrap().get(0);
+    let n: i64 = rita
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(n < 2000);
 }
 
@@ -214,7 +312,14 @@ async fn psql_meta_commands_work() {
         assert!(ok, "{user} \\dt+: {err}");
         assert!(out.contains("customers"), "{out}");
     }
-    let (ok, out, err) = env.psql("maria", &["-c", "\\copy (SELECT id FROM customers ORDER BY id LIMIT 3) TO STDOUT"], None);
+    let (ok, out, err) = env.psql(
+        "maria",
+        &[
+            "-c",
+            "\\copy (SELECT id FROM customers ORDER BY id LIMIT 3) TO STDOUT",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 3);
 }
@@ -234,7 +339,10 @@ async fn large_results_stream_without_buffering() {
     let before = rss();
     let params: Vec<i32> = vec![];
     let rows = admin
-        .query_raw("SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g", params)
+        .query_raw(
+            "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g",
+            params,
+        )
         .await
         .unwrap();
     use futures::StreamExt;
@@ -250,7 +358,11 @@ async fn large_results_stream_without_buffering() {
     }
     assert_eq!(n, 1_000_000);
     // ~130 MB went through; the process (client + pgveil) must not have held it.
-    assert!(peak - before < 64 * 1024, "RSS grew by {} kB", peak - before);
+    assert!(
+        peak - before < 64 * 1024,
+        "RSS grew by {} kB",
+        peak - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +371,18 @@ async fn tls_with_channel_binding_and_require_tls() {
     let cert = dir.path().join("server.crt");
     let key = dir.path().join("server.key");
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -268,7 +391,11 @@ async fn tls_with_channel_binding_and_require_tls() {
     assert!(ok.status.success());
     let (c2, k2) = (cert.clone(), key.clone());
     let env = Env::start_with(move |c| {
-        c.tls = Some(pgveil::config::TlsConfig { cert: c2, key: k2, require_tls: true })
+        c.tls = Some(pgveil::config::TlsConfig {
+            cert: c2,
+            key: k2,
+            require_tls: true,
+        })
     })
     .await;
     let base = format!("host=127.0.0.1 port={} user=rita dbname=crm", env.port());
@@ -277,7 +404,11 @@ async fn tls_with_channel_binding_and_require_tls() {
         .args(["-X", "-At", "-c", "SELECT count(*) FROM products"])
         .env("PGPASSWORD", pgveil::demo::password("rita"));
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "SCRAM-SHA-256-PLUS over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "SCRAM-SHA-256-PLUS over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
     let out = std::process::Command::new(env.pg.bin_dir().join("psql"))
         .arg(format!("{base} sslmode=disable"))
@@ -286,7 +417,11 @@ async fn tls_with_channel_binding_and_require_tls() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("requires TLS"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +432,14 @@ async fn shutdown_lets_sessions_finish() {
     server.shutdown.cancel();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // existing session keeps working during the grace period
-    assert_eq!(admin.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        admin
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     // new connections are refused
     assert!(env.try_connect("admin").await.is_err());
 }

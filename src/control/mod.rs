@@ -31,16 +31,24 @@ pub async fn connect(
     database: &str,
     notify: Option<mpsc::UnboundedSender<String>>,
 ) -> Result<Client, ControlError> {
-    let target = UpstreamTarget::from_config(config).map_err(|e| ControlError::Connect(e.to_string()))?;
-    let stream = target.open_stream().await.map_err(|e| ControlError::Connect(e.to_string()))?;
+    let target =
+        UpstreamTarget::from_config(config).map_err(|e| ControlError::Connect(e.to_string()))?;
+    let stream = target
+        .open_stream()
+        .await
+        .map_err(|e| ControlError::Connect(e.to_string()))?;
     let mut pg = tokio_postgres::Config::new();
-    pg.user(&config.upstream.user).dbname(database).application_name("pgveil-control");
+    pg.user(&config.upstream.user)
+        .dbname(database)
+        .application_name("pgveil-control");
     if let Some(pw) = config.upstream_password() {
         pg.password(pw);
     }
     pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-    let (client, mut conn) =
-        pg.connect_raw(stream, tokio_postgres::NoTls).await.map_err(|e| ControlError::Connect(e.to_string()))?;
+    let (client, mut conn) = pg
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| ControlError::Connect(e.to_string()))?;
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = messages.next().await {
@@ -66,7 +74,13 @@ pub async fn connect(
 pub async fn load_all(
     config: &Config,
     catalog: &Client,
-) -> Result<(crate::policy::model::Catalog, crate::policy::model::RelationMap), ControlError> {
+) -> Result<
+    (
+        crate::policy::model::Catalog,
+        crate::policy::model::RelationMap,
+    ),
+    ControlError,
+> {
     let cat = load_catalog(catalog).await?;
     let rels = if config.catalog_database() == config.upstream.database {
         load_relations(catalog).await?
@@ -81,7 +95,11 @@ pub async fn load_all(
 pub async fn initial_store(config: &Config) -> Result<Arc<PolicyStore>, ControlError> {
     let client = connect(config, config.catalog_database(), None).await?;
     let (cat, rels) = load_all(config, &client).await?;
-    Ok(Arc::new(PolicyStore::new(cat, rels, config.catalog.cache_capacity)))
+    Ok(Arc::new(PolicyStore::new(
+        cat,
+        rels,
+        config.catalog.cache_capacity,
+    )))
 }
 
 /// Keep the policy current: LISTEN, reload on each notification burst, reconnect on loss.
@@ -108,7 +126,10 @@ pub fn spawn_reloader(server: Arc<Server>) {
 async fn listen_and_reload(server: &Arc<Server>) -> Result<(), ControlError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let client = connect(&server.config, server.config.catalog_database(), Some(tx)).await?;
-    client.batch_execute("LISTEN pgveil_policy").await.map_err(LoadError::from)?;
+    client
+        .batch_execute("LISTEN pgveil_policy")
+        .await
+        .map_err(LoadError::from)?;
     // Anything may have changed while we were not listening.
     reload(server, &client).await;
     loop {

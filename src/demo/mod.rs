@@ -14,7 +14,10 @@ pub const SERVICE_USER: &str = "pgveil_service";
 pub const SERVICE_PASSWORD: &str = "svc-demo-password";
 
 /// Demo users and their passwords (all satisfy the default password policy).
-pub const USERS: &[&str] = &["admin", "olivia", "maria", "sam", "rita", "carl", "tom", "dana", "gina", "sid", "nora", "ex", "dis"];
+pub const USERS: &[&str] = &[
+    "admin", "olivia", "maria", "sam", "rita", "carl", "tom", "dana", "gina", "sid", "nora", "ex",
+    "dis",
+];
 
 /// A demo user's password.
 pub fn password(user: &str) -> String {
@@ -37,8 +40,14 @@ pub fn config_for(pg: &EmbeddedPg, listen: &str) -> Config {
 /// Create the service account, the CRM database and data, the catalog, the demo policy and
 /// the demo users' passwords.
 pub async fn provision(pg: &EmbeddedPg, cfg: &Config) -> anyhow::Result<()> {
-    pg.psql("postgres", &format!("CREATE ROLE {SERVICE_USER} LOGIN PASSWORD '{SERVICE_PASSWORD}'"))?;
-    pg.psql("postgres", &format!("CREATE DATABASE crm OWNER {SERVICE_USER}"))?;
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE {SERVICE_USER} LOGIN PASSWORD '{SERVICE_PASSWORD}'"),
+    )?;
+    pg.psql(
+        "postgres",
+        &format!("CREATE DATABASE crm OWNER {SERVICE_USER}"),
+    )?;
     let mut client = crate::control::connect(cfg, "crm", None).await?;
     client.batch_execute(CRM_SQL).await?;
     crate::policy::migrate::migrate(&mut client).await?;
@@ -57,20 +66,36 @@ pub async fn provision(pg: &EmbeddedPg, cfg: &Config) -> anyhow::Result<()> {
 
 /// Run the demo until Ctrl-C / SIGTERM.
 pub async fn run(port: u16) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
     println!("starting an ephemeral PostgreSQL ...");
     let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(&[])).await??;
     let cfg = config_for(&pg, &format!("127.0.0.1:{port}"));
     provision(&pg, &cfg).await?;
     let running = crate::server::start(cfg).await?;
     println!();
-    println!("pgveil demo is running on {} (PostgreSQL on port {})", running.addr, pg.port());
+    println!(
+        "pgveil demo is running on {} (PostgreSQL on port {})",
+        running.addr,
+        pg.port()
+    );
     println!("connect as any demo user (password Demo-<user>-2026), e.g.:");
     for u in ["admin", "maria", "rita", "carl", "tom", "gina", "sid"] {
-        println!("  psql \"postgresql://{u}:{}@127.0.0.1:{port}/crm\"", password(u));
+        println!(
+            "  psql \"postgresql://{u}:{}@127.0.0.1:{port}/crm\"",
+            password(u)
+        );
     }
-    println!("PostgreSQL directly (superuser): psql \"postgresql://{}:{}@127.0.0.1:{}/crm\"", pg.superuser, pg.password, pg.port());
+    println!(
+        "PostgreSQL directly (superuser): psql \"postgresql://{}:{}@127.0.0.1:{}/crm\"",
+        pg.superuser,
+        pg.password,
+        pg.port()
+    );
     println!("press Ctrl-C to stop (the database is deleted)");
     crate::cli::wait_for_signal().await;
     running.shutdown().await;

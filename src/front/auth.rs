@@ -29,12 +29,19 @@ impl std::fmt::Debug for CatalogAuth {
 
 impl CatalogAuth {
     pub fn new(store: Arc<PolicyStore>) -> Self {
-        CatalogAuth { store, fake_key: rand::random() }
+        CatalogAuth {
+            store,
+            fake_key: rand::random(),
+        }
     }
 
     fn fake(&self, user: &str) -> ScramSecret {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.fake_key);
-        let derive = |label: &str| ring::hmac::sign(&key, format!("{label}:{user}").as_bytes()).as_ref().to_vec();
+        let derive = |label: &str| {
+            ring::hmac::sign(&key, format!("{label}:{user}").as_bytes())
+                .as_ref()
+                .to_vec()
+        };
         ScramSecret::Verifier {
             salt: derive("salt")[..16].to_vec(),
             iterations: 4096,
@@ -47,10 +54,15 @@ impl CatalogAuth {
 #[async_trait]
 impl AuthSource<Identity> for CatalogAuth {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        Err(PgWireError::InvalidPassword(login.user().unwrap_or_default().to_owned()))
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_owned(),
+        ))
     }
 
-    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<Identity>)> {
+    async fn get_scram_secret(
+        &self,
+        login: &LoginInfo,
+    ) -> PgWireResult<(ScramSecret, Option<Identity>)> {
         let name = login.user().unwrap_or_default();
         let snap = self.store.snapshot();
         let real = snap

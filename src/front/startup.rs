@@ -11,7 +11,9 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
-use pgwire::api::auth::{protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
+use pgwire::api::auth::{
+    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider,
+};
 use pgwire::api::ClientInfo;
 use pgwire::messages::startup::{SecretKey, Startup};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -27,8 +29,15 @@ type Front = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
 
 /// Startup parameters forwarded to PostgreSQL. Never `options`, never `search_path`
 /// (pgveil pins it), never `replication`.
-const FORWARDED_PARAMS: &[&str] =
-    &["application_name", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits", "datestyle", "timezone"];
+const FORWARDED_PARAMS: &[&str] = &[
+    "application_name",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "datestyle",
+    "timezone",
+];
 
 /// Upstream ParameterStatus values, given to the client after authentication.
 struct UpstreamParams(Vec<(String, String)>);
@@ -65,7 +74,11 @@ pub enum Handshake {
 }
 
 /// Run the handshake up to a ready session, a cancel request, or a refusal.
-pub async fn handshake(server: &Arc<Server>, tcp: TcpStream, reject: Option<ClientError>) -> Handshake {
+pub async fn handshake(
+    server: &Arc<Server>,
+    tcp: TcpStream,
+    reject: Option<ClientError>,
+) -> Handshake {
     let timeout = server.config.handshake_timeout();
     match tokio::time::timeout(timeout, handshake_inner(server, tcp, reject)).await {
         Ok(h) => h,
@@ -76,22 +89,37 @@ pub async fn handshake(server: &Arc<Server>, tcp: TcpStream, reject: Option<Clie
     }
 }
 
-async fn handshake_inner(server: &Arc<Server>, tcp: TcpStream, reject: Option<ClientError>) -> Handshake {
+async fn handshake_inner(
+    server: &Arc<Server>,
+    tcp: TcpStream,
+    reject: Option<ClientError>,
+) -> Handshake {
     let Ok(Some(mut front)) = negotiate_tls::<()>(tcp, server.tls_acceptor.clone()).await else {
         return Handshake::Closed;
     };
     let startup = match front.next().await {
         Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
         Some(Ok(PgWireFrontendMessage::CancelRequest(c))) => {
-            return Handshake::Cancel { pid: c.pid, secret: c.secret_key };
+            return Handshake::Cancel {
+                pid: c.pid,
+                secret: c.secret_key,
+            };
         }
         Some(Ok(_)) => {
-            fail(&mut front, ClientError::Protocol("expected a startup packet".into())).await;
+            fail(
+                &mut front,
+                ClientError::Protocol("expected a startup packet".into()),
+            )
+            .await;
             return Handshake::Closed;
         }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "bad startup packet");
-            fail(&mut front, ClientError::Protocol("invalid startup packet".into())).await;
+            fail(
+                &mut front,
+                ClientError::Protocol("invalid startup packet".into()),
+            )
+            .await;
             return Handshake::Closed;
         }
         None => return Handshake::Closed,
@@ -120,15 +148,22 @@ async fn handshake_inner(server: &Arc<Server>, tcp: TcpStream, reject: Option<Cl
 }
 
 async fn fail(front: &mut Front, e: ClientError) {
-    let _ = front.send(PgWireBackendMessage::ErrorResponse(e.to_error_response())).await;
+    let _ = front
+        .send(PgWireBackendMessage::ErrorResponse(e.to_error_response()))
+        .await;
     let _ = front.close().await;
 }
 
 /// Validate the startup packet; returns (user, database, forwarded params).
-fn validate_startup(server: &Server, startup: &Startup) -> Result<(String, Vec<(String, String)>), ClientError> {
+fn validate_startup(
+    server: &Server,
+    startup: &Startup,
+) -> Result<(String, Vec<(String, String)>), ClientError> {
     let p = &startup.parameters;
     if p.contains_key("replication") {
-        return Err(ClientError::FeatureUnsupported("replication connections are not supported by pgveil".into()));
+        return Err(ClientError::FeatureUnsupported(
+            "replication connections are not supported by pgveil".into(),
+        ));
     }
     let user = p.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
         ClientError::Protocol("no PostgreSQL user name specified in startup packet".into())
@@ -163,26 +198,46 @@ struct Authenticated {
     client_key: (i32, SecretKey),
 }
 
-async fn authenticate(server: &Arc<Server>, front: &mut Front, startup: &Startup) -> Result<Authenticated, ClientError> {
+async fn authenticate(
+    server: &Arc<Server>,
+    front: &mut Front,
+    startup: &Startup,
+) -> Result<Authenticated, ClientError> {
     if server.require_tls() && !front.is_secure() {
-        return Err(ClientError::AuthRejected("pgveil requires TLS: connect with sslmode=require".into()));
+        return Err(ClientError::AuthRejected(
+            "pgveil requires TLS: connect with sslmode=require".into(),
+        ));
     }
-    protocol_negotiation(front, startup).await.map_err(|_| ClientError::Protocol("unsupported protocol version".into()))?;
+    protocol_negotiation(front, startup)
+        .await
+        .map_err(|_| ClientError::Protocol("unsupported protocol version".into()))?;
     let (user, fwd) = validate_startup(server, startup)?;
     save_startup_parameters_to_metadata(front, startup);
-    let scram = if front.is_secure() { &server.scram_tls } else { &server.scram_plain };
+    let scram = if front.is_secure() {
+        &server.scram_tls
+    } else {
+        &server.scram_plain
+    };
     let driver: AuthDriver<RelayParams, String> = AuthDriver::new(RelayParams);
     let auth_failed = || ClientError::AuthFailed(user.clone());
-    driver.begin_authentication(front, scram.create()).await.map_err(|_| auth_failed())?;
+    driver
+        .begin_authentication(front, scram.create())
+        .await
+        .map_err(|_| auth_failed())?;
     loop {
         let msg = match front.next().await {
             Some(Ok(PgWireFrontendMessage::PasswordMessageFamily(m))) => m,
-            Some(Ok(_)) | Some(Err(_)) => return Err(ClientError::Protocol("expected a SASL response".into())),
+            Some(Ok(_)) | Some(Err(_)) => {
+                return Err(ClientError::Protocol("expected a SASL response".into()))
+            }
             None => return Err(auth_failed()),
         };
         match driver.advance_authentication(front, msg).await {
             Ok(AuthOutcome::InProgress) => continue,
-            Ok(AuthOutcome::Authenticated { identity: Some(id), final_message }) if id == user => {
+            Ok(AuthOutcome::Authenticated {
+                identity: Some(id),
+                final_message,
+            }) if id == user => {
                 let upstream = server
                     .upstream
                     .connect(&server.config.upstream.database, &fwd)
@@ -191,17 +246,27 @@ async fn authenticate(server: &Arc<Server>, front: &mut Front, startup: &Startup
                         tracing::warn!(error = %e, "upstream connect failed");
                         ClientError::UpstreamUnavailable
                     })?;
-                front.session_extensions().insert(UpstreamParams(upstream.params.clone()));
+                front
+                    .session_extensions()
+                    .insert(UpstreamParams(upstream.params.clone()));
                 driver
                     .complete_authentication(front, final_message)
                     .await
                     .map_err(|_| ClientError::Protocol("could not complete startup".into()))?;
                 let client_key = front.pid_and_secret_key();
-                let application_name = startup.parameters.get("application_name").cloned().unwrap_or_default();
-                return Ok(Authenticated { user, application_name, upstream, client_key });
+                let application_name = startup
+                    .parameters
+                    .get("application_name")
+                    .cloned()
+                    .unwrap_or_default();
+                return Ok(Authenticated {
+                    user,
+                    application_name,
+                    upstream,
+                    client_key,
+                });
             }
             Ok(AuthOutcome::Authenticated { .. }) | Err(_) => return Err(auth_failed()),
         }
     }
 }
-

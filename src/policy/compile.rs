@@ -29,18 +29,44 @@ pub struct Snapshot {
 impl Snapshot {
     /// Index a catalog.
     pub fn new(generation: u64, catalog: Catalog, relations: RelationMap) -> Snapshot {
-        let users = catalog.users.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
-        let roles = catalog.roles.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
-        let objects = catalog.objects.iter().enumerate().map(|(i, o)| (o.name.clone(), i)).collect();
-        let objects_by_table =
-            catalog.objects.iter().enumerate().map(|(i, o)| ((o.schema.clone(), o.table.clone()), i)).collect();
+        let users = catalog
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.clone(), i))
+            .collect();
+        let roles = catalog
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        let objects = catalog
+            .objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.name.clone(), i))
+            .collect();
+        let objects_by_table = catalog
+            .objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((o.schema.clone(), o.table.clone()), i))
+            .collect();
         let mut dept_children: HashMap<String, Vec<String>> = HashMap::new();
         for d in &catalog.departments {
             if let Some(p) = &d.parent {
-                dept_children.entry(p.clone()).or_default().push(d.id.clone());
+                dept_children
+                    .entry(p.clone())
+                    .or_default()
+                    .push(d.id.clone());
             }
         }
-        let safe_functions = catalog.safe_functions.iter().map(|s| s.to_lowercase()).collect();
+        let safe_functions = catalog
+            .safe_functions
+            .iter()
+            .map(|s| s.to_lowercase())
+            .collect();
         Snapshot {
             generation,
             catalog,
@@ -68,7 +94,9 @@ impl Snapshot {
 
     /// The object protecting `schema.table`, if any.
     pub fn object_for_table(&self, schema: &str, table: &str) -> Option<&Object> {
-        self.objects_by_table.get(&(schema.to_owned(), table.to_owned())).map(|&i| &self.catalog.objects[i])
+        self.objects_by_table
+            .get(&(schema.to_owned(), table.to_owned()))
+            .map(|&i| &self.catalog.objects[i])
     }
 
     /// A department and all departments below it.
@@ -89,7 +117,12 @@ impl Snapshot {
     }
 
     /// Indices of the assignments active for `user` at `now` from `ip` (direct and via groups).
-    pub fn active_assignments(&self, user: &str, now: DateTime<Utc>, ip: Option<IpAddr>) -> Vec<usize> {
+    pub fn active_assignments(
+        &self,
+        user: &str,
+        now: DateTime<Utc>,
+        ip: Option<IpAddr>,
+    ) -> Vec<usize> {
         let groups: HashSet<&str> = self
             .catalog
             .groups
@@ -102,7 +135,8 @@ impl Snapshot {
             .iter()
             .enumerate()
             .filter(|(_, a)| {
-                a.user.as_deref() == Some(user) || a.group.as_deref().is_some_and(|g| groups.contains(g))
+                a.user.as_deref() == Some(user)
+                    || a.group.as_deref().is_some_and(|g| groups.contains(g))
             })
             .filter(|(_, a)| assignment_inactive_reason(a, now, ip).is_none())
             .map(|(i, _)| i)
@@ -127,7 +161,11 @@ impl Snapshot {
 }
 
 /// Why an assignment is not active now, or None if it is.
-pub fn assignment_inactive_reason(a: &Assignment, now: DateTime<Utc>, ip: Option<IpAddr>) -> Option<String> {
+pub fn assignment_inactive_reason(
+    a: &Assignment,
+    now: DateTime<Utc>,
+    ip: Option<IpAddr>,
+) -> Option<String> {
     if let Some(from) = a.valid_from {
         if now < from {
             return Some(format!("not valid before {from}"));
@@ -150,9 +188,16 @@ pub fn assignment_inactive_reason(a: &Assignment, now: DateTime<Utc>, ip: Option
             Err(_) => return Some(format!("unknown time zone {}", w.time_zone)),
         };
         let local = now.with_timezone(&tz).time();
-        let inside = if w.start <= w.end { local >= w.start && local < w.end } else { local >= w.start || local < w.end };
+        let inside = if w.start <= w.end {
+            local >= w.start && local < w.end
+        } else {
+            local >= w.start || local < w.end
+        };
         if !inside {
-            return Some(format!("outside the time window {}-{} {}", w.start, w.end, w.time_zone));
+            return Some(format!(
+                "outside the time window {}-{} {}",
+                w.start, w.end, w.time_zone
+            ));
         }
     }
     None
@@ -297,9 +342,17 @@ pub fn compile(snap: &Snapshot, user: &User, active: &[usize]) -> Effective {
             direct.insert(a.role.clone());
         }
     }
-    let chains: Vec<Vec<&Role>> = direct.iter().map(|r| snap.role_chain(r)).filter(|c| !c.is_empty()).collect();
+    let chains: Vec<Vec<&Role>> = direct
+        .iter()
+        .map(|r| snap.role_chain(r))
+        .filter(|c| !c.is_empty())
+        .collect();
     let unrestricted = chains.iter().flatten().any(|r| r.unrestricted);
-    let system_permissions = chains.iter().flatten().flat_map(|r| r.system_permissions.iter().cloned()).collect();
+    let system_permissions = chains
+        .iter()
+        .flatten()
+        .flat_map(|r| r.system_permissions.iter().cloned())
+        .collect();
     let restrictions = stack_restrictions(chains.iter().map(|c| c[0]));
     let mut objects = BTreeMap::new();
     for obj in &snap.catalog.objects {
@@ -319,7 +372,12 @@ pub fn compile(snap: &Snapshot, user: &User, active: &[usize]) -> Effective {
 }
 
 fn stack_restrictions<'a>(roles: impl Iterator<Item = &'a Role>) -> Restrictions {
-    let mut r = Restrictions { bulk_operations: false, bulk_threshold: 0, data_export: false, max_rows: Some(0) };
+    let mut r = Restrictions {
+        bulk_operations: false,
+        bulk_threshold: 0,
+        data_export: false,
+        max_rows: Some(0),
+    };
     let mut any = false;
     for role in roles {
         any = true;
@@ -338,7 +396,12 @@ fn stack_restrictions<'a>(roles: impl Iterator<Item = &'a Role>) -> Restrictions
 }
 
 /// Does the chain allow (object, action)? Deny anywhere in the chain wins for that chain.
-fn chain_permission(snap: &Snapshot, chain: &[&Role], object: &str, action: &str) -> Option<Effect> {
+fn chain_permission(
+    snap: &Snapshot,
+    chain: &[&Role],
+    object: &str,
+    action: &str,
+) -> Option<Effect> {
     let mut found = None;
     for role in chain {
         for p in &snap.catalog.permissions {
@@ -355,7 +418,11 @@ fn chain_permission(snap: &Snapshot, chain: &[&Role], object: &str, action: &str
 
 fn chain_scope(snap: &Snapshot, chain: &[&Role], object: &str) -> Option<Scope> {
     chain.iter().find_map(|role| {
-        snap.catalog.scopes.iter().find(|s| s.role == role.name && s.object == object).map(|s| s.scope)
+        snap.catalog
+            .scopes
+            .iter()
+            .find(|s| s.role == role.name && s.object == object)
+            .map(|s| s.scope)
     })
 }
 
@@ -379,18 +446,27 @@ pub fn scope_pred(snap: &Snapshot, user: &User, obj: &Object, scope: Scope) -> R
         Scope::All => RowPred::All,
         Scope::None => RowPred::nothing(),
         Scope::Assigned if obj.owner_column.is_some() => one(Atom::Owner(user.owner_value.clone())),
-        Scope::Department | Scope::DepartmentTree if obj.department_column.is_some() => match &user.department {
-            Some(d) if scope == Scope::Department => one(Atom::Departments(vec![d.clone()])),
-            Some(d) => one(Atom::Departments(snap.department_subtree(d))),
-            None => RowPred::nothing(),
-        },
-        Scope::Team if obj.team_column.is_some() && !user.teams.is_empty() => one(Atom::Teams(user.teams.clone())),
+        Scope::Department | Scope::DepartmentTree if obj.department_column.is_some() => {
+            match &user.department {
+                Some(d) if scope == Scope::Department => one(Atom::Departments(vec![d.clone()])),
+                Some(d) => one(Atom::Departments(snap.department_subtree(d))),
+                None => RowPred::nothing(),
+            }
+        }
+        Scope::Team if obj.team_column.is_some() && !user.teams.is_empty() => {
+            one(Atom::Teams(user.teams.clone()))
+        }
         Scope::Parent if obj.parent_object.is_some() => one(Atom::Parent),
         _ => RowPred::nothing(),
     }
 }
 
-fn compile_object(snap: &Snapshot, user: &User, obj: &Object, chains: &[Vec<&Role>]) -> ObjectPolicy {
+fn compile_object(
+    snap: &Snapshot,
+    user: &User,
+    obj: &Object,
+    chains: &[Vec<&Role>],
+) -> ObjectPolicy {
     let rel = snap.relations.get(&(obj.schema.clone(), obj.table.clone()));
     let mut actions = BTreeSet::new();
     let mut denied = BTreeSet::new();
@@ -436,8 +512,13 @@ fn compile_object(snap: &Snapshot, user: &User, obj: &Object, chains: &[Vec<&Rol
         p
     };
     let denied_ref = &denied;
-    let has = |a: &'static str| move |g: &BTreeSet<String>| g.contains(a) && !denied_ref.contains(a);
-    let reads = |g: &BTreeSet<String>| READ_ACTIONS.iter().any(|a| g.contains(*a) && !denied_ref.contains(*a));
+    let has =
+        |a: &'static str| move |g: &BTreeSet<String>| g.contains(a) && !denied_ref.contains(a);
+    let reads = |g: &BTreeSet<String>| {
+        READ_ACTIONS
+            .iter()
+            .any(|a| g.contains(*a) && !denied_ref.contains(*a))
+    };
     let read = pred_for(&reads);
     let create = pred_for(&has("create"));
     let edit = pred_for(&has("edit"));
@@ -526,24 +607,46 @@ pub fn explain(snap: &Snapshot, user_name: &str, now: DateTime<Utc>, ip: Option<
     let Some(user) = snap.user(user_name) else {
         return format!("no such user: {user_name}\n");
     };
-    let _ = writeln!(out, "user {} (owner value {:?}, department {:?}, teams {:?}{})", user.name, user.owner_value,
-        user.department, user.teams, if user.active { "" } else { ", DISABLED" });
+    let _ = writeln!(
+        out,
+        "user {} (owner value {:?}, department {:?}, teams {:?}{})",
+        user.name,
+        user.owner_value,
+        user.department,
+        user.teams,
+        if user.active { "" } else { ", DISABLED" }
+    );
     let _ = writeln!(out, "catalog generation {}", snap.generation);
     let _ = writeln!(out, "assignments:");
-    let groups: Vec<&str> =
-        snap.catalog.groups.iter().filter(|g| g.members.contains(&user.name)).map(|g| g.name.as_str()).collect();
+    let groups: Vec<&str> = snap
+        .catalog
+        .groups
+        .iter()
+        .filter(|g| g.members.contains(&user.name))
+        .map(|g| g.name.as_str())
+        .collect();
     for a in &snap.catalog.assignments {
         let via = match (&a.user, &a.group) {
             (Some(u), _) if *u == user.name => "direct".to_owned(),
             (_, Some(g)) if groups.contains(&g.as_str()) => format!("via group {g}"),
             _ => continue,
         };
-        let state = assignment_inactive_reason(a, now, ip).map_or("active".to_owned(), |r| format!("inactive: {r}"));
+        let state = assignment_inactive_reason(a, now, ip)
+            .map_or("active".to_owned(), |r| format!("inactive: {r}"));
         let _ = writeln!(out, "  - role {:?} ({via}): {state}", a.role);
     }
     let active = snap.active_assignments(&user.name, now, ip);
     let eff = compile(snap, user, &active);
-    let _ = writeln!(out, "effective roles: {:?}{}", eff.roles, if eff.unrestricted { " (unrestricted: full access)" } else { "" });
+    let _ = writeln!(
+        out,
+        "effective roles: {:?}{}",
+        eff.roles,
+        if eff.unrestricted {
+            " (unrestricted: full access)"
+        } else {
+            ""
+        }
+    );
     for r in &eff.roles {
         let chain: Vec<&str> = snap.role_chain(r).iter().map(|r| r.name.as_str()).collect();
         if chain.len() > 1 {
@@ -567,7 +670,11 @@ pub fn explain(snap: &Snapshot, user_name: &str, now: DateTime<Utc>, ip: Option<
             let r = match &c.read {
                 ColumnRead::Visible => "visible".to_owned(),
                 ColumnRead::Hidden(m) => format!("invisible (mask {})", m.as_str()),
-                ColumnRead::When(p, m) => format!("visible where {} else mask {}", describe_pred(p, o), m.as_str()),
+                ColumnRead::When(p, m) => format!(
+                    "visible where {} else mask {}",
+                    describe_pred(p, o),
+                    m.as_str()
+                ),
             };
             if !matches!(c.read, ColumnRead::Visible) || c.level != FieldLevel::ReadWrite {
                 let _ = writeln!(out, "  field {}: {} ({})", c.name, r, c.level.as_str());
@@ -586,9 +693,14 @@ pub fn describe_pred(p: &RowPred, o: &ObjectPolicy) -> String {
             .iter()
             .map(|a| match a {
                 Atom::Owner(v) => format!("{} = {v:?}", o.owner_column.as_deref().unwrap_or("?")),
-                Atom::Departments(d) => format!("{} in {d:?}", o.department_column.as_deref().unwrap_or("?")),
+                Atom::Departments(d) => {
+                    format!("{} in {d:?}", o.department_column.as_deref().unwrap_or("?"))
+                }
                 Atom::Teams(t) => format!("{} in {t:?}", o.team_column.as_deref().unwrap_or("?")),
-                Atom::Parent => format!("parent {} visible", o.parent.as_ref().map_or("?", |p| p.0.as_str())),
+                Atom::Parent => format!(
+                    "parent {} visible",
+                    o.parent.as_ref().map_or("?", |p| p.0.as_str())
+                ),
             })
             .collect::<Vec<_>>()
             .join(" OR "),

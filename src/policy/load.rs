@@ -20,13 +20,17 @@ pub enum LoadError {
 /// Read the whole catalog in one REPEATABLE READ snapshot.
 pub async fn load_catalog(c: &Client) -> Result<Catalog, LoadError> {
     let exists = c
-        .query_one("SELECT to_regclass('pgveil.schema_version') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('pgveil.schema_version') IS NOT NULL",
+            &[],
+        )
         .await?
         .get::<_, bool>(0);
     if !exists {
         return Err(LoadError::NotInitialised);
     }
-    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let res = load_in_tx(c).await;
     let _ = c.batch_execute("COMMIT").await;
     res
@@ -34,14 +38,37 @@ pub async fn load_catalog(c: &Client) -> Result<Catalog, LoadError> {
 
 async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
     let mut cat = Catalog::default();
-    for r in c.query("SELECT id, name, parent_id FROM pgveil.departments ORDER BY id", &[]).await? {
-        cat.departments.push(Department { id: r.get(0), name: r.get(1), parent: r.get(2) });
+    for r in c
+        .query(
+            "SELECT id, name, parent_id FROM pgveil.departments ORDER BY id",
+            &[],
+        )
+        .await?
+    {
+        cat.departments.push(Department {
+            id: r.get(0),
+            name: r.get(1),
+            parent: r.get(2),
+        });
     }
-    for r in c.query("SELECT id, name, department_id FROM pgveil.teams ORDER BY id", &[]).await? {
-        cat.teams.push(Team { id: r.get(0), name: r.get(1), department: r.get(2) });
+    for r in c
+        .query(
+            "SELECT id, name, department_id FROM pgveil.teams ORDER BY id",
+            &[],
+        )
+        .await?
+    {
+        cat.teams.push(Team {
+            id: r.get(0),
+            name: r.get(1),
+            department: r.get(2),
+        });
     }
     let sys = c
-        .query("SELECT role, permission FROM pgveil.role_system_permissions ORDER BY role, permission", &[])
+        .query(
+            "SELECT role, permission FROM pgveil.role_system_permissions ORDER BY role, permission",
+            &[],
+        )
         .await?;
     for r in c
         .query(
@@ -56,8 +83,11 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
             "management" => RoleKind::Management,
             _ => RoleKind::Business,
         };
-        let system_permissions =
-            sys.iter().filter(|s| s.get::<_, &str>(0) == name).map(|s| s.get::<_, String>(1)).collect();
+        let system_permissions = sys
+            .iter()
+            .filter(|s| s.get::<_, &str>(0) == name)
+            .map(|s| s.get::<_, String>(1))
+            .collect();
         cat.roles.push(Role {
             name,
             kind,
@@ -72,7 +102,12 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
             system_permissions,
         });
     }
-    let teams = c.query("SELECT user_name, team_id FROM pgveil.user_teams ORDER BY 1, 2", &[]).await?;
+    let teams = c
+        .query(
+            "SELECT user_name, team_id FROM pgveil.user_teams ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
     for r in c
         .query(
             "SELECT name, owner_value, department_id, approval_department_id, active, primary_role, \
@@ -95,10 +130,22 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
             password_verifier: r.get(6),
         });
     }
-    let members = c.query("SELECT group_name, user_name FROM pgveil.group_members ORDER BY 1, 2", &[]).await?;
-    for r in c.query("SELECT name FROM pgveil.groups ORDER BY name", &[]).await? {
+    let members = c
+        .query(
+            "SELECT group_name, user_name FROM pgveil.group_members ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    for r in c
+        .query("SELECT name FROM pgveil.groups ORDER BY name", &[])
+        .await?
+    {
         let name: String = r.get(0);
-        let m = members.iter().filter(|m| m.get::<_, &str>(0) == name).map(|m| m.get::<_, String>(1)).collect();
+        let m = members
+            .iter()
+            .filter(|m| m.get::<_, &str>(0) == name)
+            .map(|m| m.get::<_, String>(1))
+            .collect();
         cat.groups.push(Group { name, members: m });
     }
     for r in c
@@ -121,14 +168,39 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
             parent_column: r.get(8),
         });
     }
-    for r in c.query("SELECT role, object, action, effect FROM pgveil.permissions ORDER BY 1, 2, 3", &[]).await? {
-        let effect = if r.get::<_, &str>(3) == "deny" { Effect::Deny } else { Effect::Allow };
-        cat.permissions.push(Permission { role: r.get(0), object: r.get(1), action: r.get(2), effect });
+    for r in c
+        .query(
+            "SELECT role, object, action, effect FROM pgveil.permissions ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await?
+    {
+        let effect = if r.get::<_, &str>(3) == "deny" {
+            Effect::Deny
+        } else {
+            Effect::Allow
+        };
+        cat.permissions.push(Permission {
+            role: r.get(0),
+            object: r.get(1),
+            action: r.get(2),
+            effect,
+        });
     }
-    for r in c.query("SELECT role, object, scope FROM pgveil.data_scopes ORDER BY 1, 2", &[]).await? {
+    for r in c
+        .query(
+            "SELECT role, object, scope FROM pgveil.data_scopes ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+    {
         let s: &str = r.get(2);
         let scope = Scope::parse(s).ok_or_else(|| LoadError::Invalid(format!("scope {s}")))?;
-        cat.scopes.push(ScopeRule { role: r.get(0), object: r.get(1), scope });
+        cat.scopes.push(ScopeRule {
+            role: r.get(0),
+            object: r.get(1),
+            scope,
+        });
     }
     for r in c
         .query("SELECT role, object, column_name, level, mask FROM pgveil.field_permissions ORDER BY 1, 2, 3", &[])
@@ -176,7 +248,10 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
             time_window,
         });
     }
-    for r in c.query("SELECT name FROM pgveil.safe_functions ORDER BY name", &[]).await? {
+    for r in c
+        .query("SELECT name FROM pgveil.safe_functions ORDER BY name", &[])
+        .await?
+    {
         cat.safe_functions.push(r.get(0));
     }
     Ok(cat)
@@ -208,9 +283,17 @@ pub async fn load_relations(c: &Client) -> Result<RelationMap, LoadError> {
     for r in rows {
         let schema: String = r.get(0);
         let name: String = r.get(1);
-        let col = Column { name: r.get(2), type_name: r.get(3), is_text: r.get(4) };
+        let col = Column {
+            name: r.get(2),
+            type_name: r.get(3),
+            is_text: r.get(4),
+        };
         map.entry((schema.clone(), name.clone()))
-            .or_insert_with(|| Relation { schema, name, columns: Vec::new() })
+            .or_insert_with(|| Relation {
+                schema,
+                name,
+                columns: Vec::new(),
+            })
             .columns
             .push(col);
     }

@@ -15,17 +15,27 @@ pub async fn migrate(c: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> 
              version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
     )
     .await?;
-    let current: i32 =
-        tx.query_one("SELECT coalesce(max(version), 0) FROM pgveil.schema_version", &[]).await?.get(0);
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pgveil.schema_version",
+            &[],
+        )
+        .await?
+        .get(0);
     let mut applied = Vec::new();
     for (version, sql) in MIGRATIONS {
         if *version > current {
             tx.batch_execute(sql).await?;
-            tx.execute("INSERT INTO pgveil.schema_version (version) VALUES ($1)", &[version]).await?;
+            tx.execute(
+                "INSERT INTO pgveil.schema_version (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
             applied.push(*version);
         }
     }
-    tx.execute("SELECT pg_notify('pgveil_policy', 'migrate')", &[]).await?;
+    tx.execute("SELECT pg_notify('pgveil_policy', 'migrate')", &[])
+        .await?;
     tx.commit().await?;
     // Structure changes (new columns, tables) also reload policy; needs superuser, optional.
     let _ = c

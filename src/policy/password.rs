@@ -27,7 +27,10 @@ pub fn check_policy(policy: &PasswordPolicy, password: &str) -> Result<(), Strin
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("password does not meet the password policy: needs {}", missing.join(", ")))
+        Err(format!(
+            "password does not meet the password policy: needs {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -61,14 +64,20 @@ mod tests {
         assert!(v.starts_with("SCRAM-SHA-256$4096:"));
         assert!(parse_verifier(&v).is_some());
         assert!(parse_verifier("md5abc").is_none());
-        assert!(parse_verifier("SCRAM-SHA-256$1:AAAA$AAAA:AAAA").is_none(), "weak iteration count refused");
+        assert!(
+            parse_verifier("SCRAM-SHA-256$1:AAAA$AAAA:AAAA").is_none(),
+            "weak iteration count refused"
+        );
     }
 
     #[test]
     fn password_policy_lists_what_is_missing() {
         let p = PasswordPolicy::default();
         let e = check_policy(&p, "short").unwrap_err();
-        assert!(e.contains("12 characters") && e.contains("upper-case") && e.contains("digit"), "{e}");
+        assert!(
+            e.contains("12 characters") && e.contains("upper-case") && e.contains("digit"),
+            "{e}"
+        );
         assert!(check_policy(&p, "LongEnough123").is_ok());
     }
 }

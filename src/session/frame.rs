@@ -35,7 +35,10 @@ pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Frame
         return Ok(None);
     }
     let tag = buf[0];
-    Ok(Some(Frame { tag, bytes: buf.split_to(len + 1) }))
+    Ok(Some(Frame {
+        tag,
+        bytes: buf.split_to(len + 1),
+    }))
 }
 
 #[cfg(test)]
@@ -51,9 +54,15 @@ mod tests {
         assert_eq!(next_frame(&mut b, 1024).unwrap().unwrap().tag, b'S');
         assert!(next_frame(&mut b, 1024).unwrap().is_none());
         let mut big = BytesMut::from(&b"Q\x7f\0\0\0"[..]);
-        assert!(matches!(next_frame(&mut big, 1024), Err(FrameError::TooLarge(..))));
+        assert!(matches!(
+            next_frame(&mut big, 1024),
+            Err(FrameError::TooLarge(..))
+        ));
         let mut bad = BytesMut::from(&b"Q\0\0\0\x01"[..]);
-        assert_eq!(next_frame(&mut bad, 1024).unwrap_err(), FrameError::BadLength(1));
+        assert_eq!(
+            next_frame(&mut bad, 1024).unwrap_err(),
+            FrameError::BadLength(1)
+        );
         let mut partial = BytesMut::from(&b"Q\0\0\0\x09ab"[..]);
         assert!(next_frame(&mut partial, 1024).unwrap().is_none());
     }

@@ -31,13 +31,25 @@ pub use refusal::Refusals;
 
 /// Run the session until either side closes.
 pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
-    let Started { io, read_buf, user, upstream, .. } = started;
+    let Started {
+        io,
+        read_buf,
+        user,
+        upstream,
+        ..
+    } = started;
     let (client_rd, client_wr) = tokio::io::split(io);
     let (up_rd, up_wr) = tokio::io::split(upstream.stream);
     let refusals = Arc::new(Refusals::new());
     let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
     let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
-    let to_client = upstream_to_client(up_rd, upstream.leftover, client_wr, refusals, server.clone());
+    let to_client = upstream_to_client(
+        up_rd,
+        upstream.leftover,
+        client_wr,
+        refusals,
+        server.clone(),
+    );
     tokio::select! {
         r = to_upstream => if let Err(e) = r { tracing::debug!(error = %e, "client side ended") },
         r = to_client => if let Err(e) = r { tracing::debug!(error = %e, "upstream side ended") },
@@ -97,7 +109,12 @@ where
 }
 
 /// Forward or rewrite one frontend message into `out`.
-fn handle_frame(frame: Frame, ctx: &EnforceCtx, refusals: &Refusals, out: &mut BytesMut) -> Result<(), SessionError> {
+fn handle_frame(
+    frame: Frame,
+    ctx: &EnforceCtx,
+    refusals: &Refusals,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
     let decode_ctx = DecodeContext::default();
     match frame.tag {
         b'Q' => {
@@ -130,8 +147,13 @@ fn handle_frame(frame: Frame, ctx: &EnforceCtx, refusals: &Refusals, out: &mut B
         }
         b'F' if ctx.is_restricted() => {
             // Fast-path function calls (large objects) bypass SQL: refuse for restricted users.
-            let err = ClientError::unsupported("pgveil does not allow fast-path function calls for restricted users");
-            encode(&Query::new(refusals.statement_with(String::new(), err)), out)
+            let err = ClientError::unsupported(
+                "pgveil does not allow fast-path function calls for restricted users",
+            );
+            encode(
+                &Query::new(refusals.statement_with(String::new(), err)),
+                out,
+            )
         }
         _ => {
             out.extend_from_slice(&frame.bytes);
@@ -141,7 +163,8 @@ fn handle_frame(frame: Frame, ctx: &EnforceCtx, refusals: &Refusals, out: &mut B
 }
 
 fn encode<M: Message>(m: &M, out: &mut BytesMut) -> Result<(), SessionError> {
-    m.encode(out).map_err(|e| SessionError::Protocol(e.to_string()))
+    m.encode(out)
+        .map_err(|e| SessionError::Protocol(e.to_string()))
 }
 
 async fn upstream_to_client<R, W>(
@@ -176,7 +199,9 @@ where
             let tag = buf[0];
             let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
             if len < 4 {
-                return Err(SessionError::Protocol("invalid message length from upstream".into()));
+                return Err(SessionError::Protocol(
+                    "invalid message length from upstream".into(),
+                ));
             }
             if tag != b'E' {
                 passthrough = len + 1;

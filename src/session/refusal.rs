@@ -29,7 +29,11 @@ impl Default for Refusals {
 
 impl Refusals {
     pub fn new() -> Refusals {
-        Refusals { token: format!("{:016x}", rand::random::<u64>()), next: AtomicU64::new(1), pending: Mutex::new(HashMap::new()) }
+        Refusals {
+            token: format!("{:016x}", rand::random::<u64>()),
+            next: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Register `error` and return SQL that runs `prefix` (already checked) then fails with it.
@@ -60,7 +64,10 @@ impl Refusals {
         }
         let message = message?;
         let start = message.find(&needle)? + needle.len();
-        let digits: String = message[start..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = message[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         let id: u64 = digits.parse().ok()?;
         let err = self.pending.lock().ok()?.remove(&id)?;
         Some(err.encode())
@@ -105,7 +112,10 @@ mod tests {
     #[test]
     fn marker_error_is_replaced_once() {
         let r = Refusals::new();
-        let sql = r.statement_with(String::new(), ClientError::denied("permission denied for table customers"));
+        let sql = r.statement_with(
+            String::new(),
+            ClientError::denied("permission denied for table customers"),
+        );
         let name = sql.split('"').nth(1).unwrap();
         let upstream = pg_error("42P01", &format!("relation \"{name}\" does not exist"));
         let out = r.replace(&upstream).expect("replaced");
@@ -117,7 +127,12 @@ mod tests {
     fn foreign_or_forged_markers_pass_through() {
         let r = Refusals::new();
         let _ = r.statement_with(String::new(), ClientError::denied("x"));
-        assert!(r.replace(&pg_error("42P01", "relation \"pgveil_refusal_0000000000000000_1\" does not exist")).is_none());
+        assert!(r
+            .replace(&pg_error(
+                "42P01",
+                "relation \"pgveil_refusal_0000000000000000_1\" does not exist"
+            ))
+            .is_none());
         assert!(r.replace(&pg_error("22012", "division by zero")).is_none());
     }
 }

@@ -53,7 +53,13 @@ pub struct Cx<'a> {
 }
 
 impl<'a> Cx<'a> {
-    pub fn new(eff: &'a Effective, snap: &'a Snapshot, search_path: &'a [String], database: &'a str, max_depth: usize) -> Self {
+    pub fn new(
+        eff: &'a Effective,
+        snap: &'a Snapshot,
+        search_path: &'a [String],
+        database: &'a str,
+        max_depth: usize,
+    ) -> Self {
         Cx {
             eff,
             snap,
@@ -74,10 +80,9 @@ impl<'a> Cx<'a> {
 
     /// The compiled policy of a protected table.
     pub fn object(&self, schema: &str, table: &str) -> Result<&'a ObjectPolicy, ClientError> {
-        let o = self
-            .eff
-            .object(schema, table)
-            .ok_or_else(|| ClientError::denied(format!("relation {schema}.{table} is unknown to pgveil")))?;
+        let o = self.eff.object(schema, table).ok_or_else(|| {
+            ClientError::denied(format!("relation {schema}.{table} is unknown to pgveil"))
+        })?;
         if o.missing {
             return Err(ClientError::denied(format!(
                 "object {} refers to {schema}.{table}, which does not exist upstream",
@@ -97,13 +102,19 @@ impl<'a> Cx<'a> {
 
     /// Parse SQL pgveil generated; registers its parent-scope policy subqueries as trusted.
     pub fn parse_generated_expr(&self, sql: &str) -> Result<Expr, ClientError> {
-        let e = self.parser(sql)?.parse_expr().map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
+        let e = self
+            .parser(sql)?
+            .parse_expr()
+            .map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
         self.register_parent_subqueries(&e);
         Ok(e)
     }
 
     pub fn parse_generated_query(&self, sql: &str) -> Result<Query, ClientError> {
-        let q = self.parser(sql)?.parse_query().map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
+        let q = self
+            .parser(sql)?
+            .parse_query()
+            .map_err(|e| ClientError::denied(format!("pgveil internal error: {e}")))?;
         self.register_parent_subqueries(&q);
         Ok(*q)
     }
@@ -111,8 +122,12 @@ impl<'a> Cx<'a> {
     pub fn parse_select_item(&self, sql: &str) -> Result<SelectItem, ClientError> {
         let q = self.parse_generated_query(&format!("SELECT {sql}"))?;
         match *q.body {
-            sqlparser::ast::SetExpr::Select(mut s) if s.projection.len() == 1 => Ok(s.projection.remove(0)),
-            _ => Err(ClientError::denied("pgveil internal error building RETURNING")),
+            sqlparser::ast::SetExpr::Select(mut s) if s.projection.len() == 1 => {
+                Ok(s.projection.remove(0))
+            }
+            _ => Err(ClientError::denied(
+                "pgveil internal error building RETURNING",
+            )),
         }
     }
 
@@ -128,7 +143,12 @@ impl<'a> Cx<'a> {
         impl Visitor for Reg<'_> {
             type Break = ();
             fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-                if let TableFactor::Derived { subquery, alias: Some(a), .. } = tf {
+                if let TableFactor::Derived {
+                    subquery,
+                    alias: Some(a),
+                    ..
+                } = tf
+                {
                     if a.name.value == "pgveil_parent" {
                         self.0.borrow_mut().insert((**subquery).clone());
                     }
@@ -149,13 +169,23 @@ impl<'a> Cx<'a> {
         let Some(memo) = self.memo else {
             return self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0));
         };
-        let key = (self.snap.generation, self.eff.user.clone(), self.eff.roles.clone(), o.object.clone());
+        let key = (
+            self.snap.generation,
+            self.eff.user.clone(),
+            self.eff.roles.clone(),
+            o.object.clone(),
+        );
         let entry = memo
             .0
             .try_get_with_by_ref(&key, || {
                 let before: HashSet<Query> = self.generated.borrow().clone();
                 let q = self.register_query_text(&policy_sql::read_subquery(self.eff, o, 0))?;
-                let trusted: Vec<Query> = self.generated.borrow().difference(&before).cloned().collect();
+                let trusted: Vec<Query> = self
+                    .generated
+                    .borrow()
+                    .difference(&before)
+                    .cloned()
+                    .collect();
                 Ok::<_, ClientError>(Arc::new((q, trusted)))
             })
             .map_err(|e| (*e).clone())?;
@@ -229,26 +259,55 @@ pub fn my_permissions_sql(eff: &Effective) -> String {
             let read = match &c.read {
                 ColumnRead::Visible => None,
                 ColumnRead::Hidden(m) => Some(format!("invisible (mask {})", m.as_str())),
-                ColumnRead::When(p, m) => Some(format!("visible where {}, else mask {}", describe_pred(p, o), m.as_str())),
+                ColumnRead::When(p, m) => Some(format!(
+                    "visible where {}, else mask {}",
+                    describe_pred(p, o),
+                    m.as_str()
+                )),
             };
             if read.is_some() || c.level != crate::policy::model::FieldLevel::ReadWrite {
-                rows.push(["field".into(), o.object.clone(), c.name.clone(), read.unwrap_or_else(|| c.level.as_str().to_owned())]);
+                rows.push([
+                    "field".into(),
+                    o.object.clone(),
+                    c.name.clone(),
+                    read.unwrap_or_else(|| c.level.as_str().to_owned()),
+                ]);
             }
         }
     }
     let values: Vec<String> = rows
         .iter()
-        .map(|r| format!("({}, {}, {}, {})", literal(&r[0]), literal(&r[1]), literal(&r[2]), literal(&r[3])))
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {})",
+                literal(&r[0]),
+                literal(&r[1]),
+                literal(&r[2]),
+                literal(&r[3])
+            )
+        })
         .collect();
-    format!("SELECT * FROM (VALUES {}) AS p(kind, object, name, detail)", values.join(", "))
+    format!(
+        "SELECT * FROM (VALUES {}) AS p(kind, object, name, detail)",
+        values.join(", ")
+    )
 }
 
 /// 42501 for a missing object permission.
 pub fn denied_action(o: &ObjectPolicy, action: &str) -> ClientError {
-    let why = if o.denied.contains(action) { "an explicit deny rule removes it" } else { "none of your roles grants it" };
+    let why = if o.denied.contains(action) {
+        "an explicit deny rule removes it"
+    } else {
+        "none of your roles grants it"
+    };
     ClientError::Denied {
-        message: format!("permission denied for table {}: {} requires {}.{action} ({why})", o.table, action, o.object),
-        hint: Some("see your effective permissions with: SELECT * FROM pgveil_my_permissions".into()),
+        message: format!(
+            "permission denied for table {}: {} requires {}.{action} ({why})",
+            o.table, action, o.object
+        ),
+        hint: Some(
+            "see your effective permissions with: SELECT * FROM pgveil_my_permissions".into(),
+        ),
     }
 }
 
@@ -265,7 +324,10 @@ fn parse_user_sql(sql: &str, max_depth: usize) -> Result<Vec<Statement>, ClientE
             }
             e => ClientError::Unsupported {
                 message: format!("pgveil does not support this SQL syntax: {e}"),
-                hint: Some("pgveil refuses statements it cannot parse for users with restricted access".into()),
+                hint: Some(
+                    "pgveil refuses statements it cannot parse for users with restricted access"
+                        .into(),
+                ),
             },
         })
 }
@@ -274,13 +336,16 @@ fn parse_user_sql(sql: &str, max_depth: usize) -> Result<Vec<Statement>, ClientE
 /// protected table read outside a generated policy subquery.
 fn recheck(cx: &Cx<'_>, rewritten: &Statement, printed: &str) -> Result<(), ClientError> {
     let internal = |why: &str| ClientError::denied(format!("pgveil internal check failed: {why}"));
-    let mut stmts = parse_user_sql(printed, cx.max_depth * 4).map_err(|_| internal("rewritten SQL does not parse"))?;
+    let mut stmts = parse_user_sql(printed, cx.max_depth * 4)
+        .map_err(|_| internal("rewritten SQL does not parse"))?;
     if stmts.len() != 1 {
         return Err(internal("rewritten SQL is not one statement"));
     }
     let mut stmt = stmts.remove(0);
     if &stmt != rewritten {
-        return Err(internal("rewritten SQL does not parse back to the same statement"));
+        return Err(internal(
+            "rewritten SQL does not parse back to the same statement",
+        ));
     }
     statement::visit_read_parts(cx, Mode::Verify, &mut stmt)
 }
@@ -289,12 +354,19 @@ fn recheck(cx: &Cx<'_>, rewritten: &Statement, printed: &str) -> Result<(), Clie
 pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
     let stmts = match parse_user_sql(sql, cx.max_depth) {
         Ok(s) => s,
-        Err(error) => return Verdict::Refuse { prefix: String::new(), error },
+        Err(error) => {
+            return Verdict::Refuse {
+                prefix: String::new(),
+                error,
+            }
+        }
     };
     if prepared && stmts.len() > 1 {
         return Verdict::Refuse {
             prefix: String::new(),
-            error: ClientError::unsupported("cannot insert multiple commands into a prepared statement"),
+            error: ClientError::unsupported(
+                "cannot insert multiple commands into a prepared statement",
+            ),
         };
     }
     let mut done: Vec<String> = Vec::new();
@@ -309,7 +381,12 @@ pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
         });
         match checked {
             Ok(text) => done.push(text),
-            Err(error) => return Verdict::Refuse { prefix: done.join(";\n"), error },
+            Err(error) => {
+                return Verdict::Refuse {
+                    prefix: done.join(";\n"),
+                    error,
+                }
+            }
         }
     }
     Verdict::Forward(done.join(";\n"))
@@ -327,7 +404,11 @@ struct RewriteKey {
 
 /// Parsed policy subqueries (and the generated queries they trust), per generation, user,
 /// roles and object.
-pub struct PolicyMemo(moka::sync::Cache<(u64, String, Vec<String>, String), Arc<(Query, Vec<Query>)>>);
+type MemoKey = (u64, String, Vec<String>, String);
+/// A parsed policy subquery and the generated queries it trusts.
+type MemoEntry = Arc<(Query, Vec<Query>)>;
+
+pub struct PolicyMemo(moka::sync::Cache<MemoKey, MemoEntry>);
 
 impl PolicyMemo {
     pub fn new(capacity: u64) -> Self {
@@ -340,7 +421,10 @@ pub struct RewriteCache(moka::sync::Cache<RewriteKey, Arc<Verdict>>, PolicyMemo)
 
 impl RewriteCache {
     pub fn new(capacity: u64) -> Self {
-        RewriteCache(moka::sync::Cache::new(capacity), PolicyMemo::new(capacity / 10 + 100))
+        RewriteCache(
+            moka::sync::Cache::new(capacity),
+            PolicyMemo::new(capacity / 10 + 100),
+        )
     }
     pub fn invalidate_all(&self) {
         self.0.invalidate_all();
@@ -348,7 +432,14 @@ impl RewriteCache {
     }
 
     /// Enforce `sql` for `eff` (computed from `snap`), using the cache.
-    pub fn enforce(&self, limits: &Limits<'_>, snap: &Snapshot, eff: &Effective, sql: &str, prepared: bool) -> Verdict {
+    pub fn enforce(
+        &self,
+        limits: &Limits<'_>,
+        snap: &Snapshot,
+        eff: &Effective,
+        sql: &str,
+        prepared: bool,
+    ) -> Verdict {
         let key = RewriteKey {
             generation: snap.generation,
             user: eff.user.clone(),
@@ -357,7 +448,14 @@ impl RewriteCache {
             sql: sql.to_owned(),
         };
         let verdict = self.0.get_with_by_ref(&key, || {
-            let cx = Cx::new(eff, snap, limits.search_path, limits.database, limits.max_depth).with_memo(&self.1);
+            let cx = Cx::new(
+                eff,
+                snap,
+                limits.search_path,
+                limits.database,
+                limits.max_depth,
+            )
+            .with_memo(&self.1);
             Arc::new(enforce_text(&cx, sql, prepared))
         });
         (*verdict).clone()
@@ -418,7 +516,10 @@ impl EnforceCtx {
         let Some(eff) = eff else {
             return Verdict::Refuse {
                 prefix: String::new(),
-                error: ClientError::denied(format!("user \"{}\" is disabled or no longer exists", self.user)),
+                error: ClientError::denied(format!(
+                    "user \"{}\" is disabled or no longer exists",
+                    self.user
+                )),
             };
         };
         if eff.unrestricted {
@@ -439,6 +540,8 @@ impl EnforceCtx {
             database: &cfg.upstream.database,
             max_depth: cfg.server.max_sql_depth,
         };
-        self.server.rewrites.enforce(&limits, &snap, &eff, sql, prepared)
+        self.server
+            .rewrites
+            .enforce(&limits, &snap, &eff, sql, prepared)
     }
 }

@@ -30,23 +30,36 @@ pub fn intercept(cx: &PasswordCtx<'_>, sql: &str) -> Option<Verdict> {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-    let [Statement::AlterRole { name, operation: AlterRoleOperation::WithOptions { options } }] = stmts.as_slice() else {
+    let [Statement::AlterRole {
+        name,
+        operation: AlterRoleOperation::WithOptions { options },
+    }] = stmts.as_slice()
+    else {
         return None;
     };
     let password = options.iter().find_map(|o| match o {
         RoleOption::Password(p) => Some(p),
         _ => None,
     })?;
-    let refuse = |error: ClientError| Some(Verdict::Refuse { prefix: String::new(), error });
+    let refuse = |error: ClientError| {
+        Some(Verdict::Refuse {
+            prefix: String::new(),
+            error,
+        })
+    };
     if options.len() != 1 {
-        return refuse(ClientError::unsupported("through pgveil, ALTER USER may only change the password"));
+        return refuse(ClientError::unsupported(
+            "through pgveil, ALTER USER may only change the password",
+        ));
     }
     let target = match fold(name) {
         Ok(t) => t,
         Err(e) => return refuse(e),
     };
     let allowed = target == cx.user
-        || cx.eff.is_some_and(|e| e.unrestricted || e.system_permissions.contains("manage_users"));
+        || cx
+            .eff
+            .is_some_and(|e| e.unrestricted || e.system_permissions.contains("manage_users"));
     if !allowed {
         return refuse(ClientError::denied(format!(
             "permission denied to change the password of \"{target}\": needs manage_users"
@@ -60,18 +73,30 @@ pub fn intercept(cx: &PasswordCtx<'_>, sql: &str) -> Option<Verdict> {
     let text = match password {
         Password::Password(Expr::Value(v)) => match &v.value {
             Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => s.clone(),
-            _ => return refuse(ClientError::InvalidParameter("the password must be a string literal".into())),
+            _ => {
+                return refuse(ClientError::InvalidParameter(
+                    "the password must be a string literal".into(),
+                ))
+            }
         },
-        _ => return refuse(ClientError::InvalidParameter("the password must be a string literal".into())),
+        _ => {
+            return refuse(ClientError::InvalidParameter(
+                "the password must be a string literal".into(),
+            ))
+        }
     };
     let verifier = if text.starts_with("SCRAM-SHA-256$") {
         // psql \password hashes on the client: the plaintext never reaches us.
         if parse_verifier(&text).is_none() {
-            return refuse(ClientError::InvalidParameter("invalid SCRAM-SHA-256 verifier".into()));
+            return refuse(ClientError::InvalidParameter(
+                "invalid SCRAM-SHA-256 verifier".into(),
+            ));
         }
         text
     } else if text.starts_with("md5") && text.len() == 35 {
-        return refuse(ClientError::InvalidParameter("pgveil stores SCRAM-SHA-256 verifiers only; md5 is not accepted".into()));
+        return refuse(ClientError::InvalidParameter(
+            "pgveil stores SCRAM-SHA-256 verifiers only; md5 is not accepted".into(),
+        ));
     } else {
         if let Err(why) = check_policy(cx.policy, &text) {
             return refuse(ClientError::InvalidParameter(why));

@@ -21,7 +21,11 @@ pub fn literal(s: &str) -> String {
 }
 
 fn list(values: &[String]) -> String {
-    values.iter().map(|v| literal(v)).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(|v| literal(v))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Maximum depth of parent-scope chains (orders → customers → accounts …).
@@ -31,12 +35,21 @@ const MAX_PARENT_DEPTH: usize = 6;
 pub type ColRef<'a> = &'a dyn Fn(&str) -> String;
 
 /// SQL for a row predicate over `o`; `col` renders a column reference.
-pub fn pred_sql(eff: &Effective, o: &ObjectPolicy, p: &RowPred, col: ColRef<'_>, depth: usize) -> String {
+pub fn pred_sql(
+    eff: &Effective,
+    o: &ObjectPolicy,
+    p: &RowPred,
+    col: ColRef<'_>,
+    depth: usize,
+) -> String {
     match p {
         RowPred::All => "TRUE".into(),
         RowPred::Any(atoms) if atoms.is_empty() => "FALSE".into(),
         RowPred::Any(atoms) => {
-            let parts: Vec<String> = atoms.iter().map(|a| atom_sql(eff, o, a, col, depth)).collect();
+            let parts: Vec<String> = atoms
+                .iter()
+                .map(|a| atom_sql(eff, o, a, col, depth))
+                .collect();
             if parts.len() == 1 {
                 parts.into_iter().next().unwrap_or_else(|| "FALSE".into())
             } else {
@@ -61,7 +74,10 @@ fn atom_sql(eff: &Effective, o: &ObjectPolicy, a: &Atom, col: ColRef<'_>, depth:
             _ => "FALSE".into(),
         },
         Atom::Parent => {
-            let parent = o.parent.as_ref().and_then(|(p, fk)| eff.object_by_name(p).map(|po| (po, fk)));
+            let parent = o
+                .parent
+                .as_ref()
+                .and_then(|(p, fk)| eff.object_by_name(p).map(|po| (po, fk)));
             match parent {
                 Some((po, fk)) if depth < MAX_PARENT_DEPTH && !po.missing => format!(
                     "{} IN (SELECT pgveil_parent.{} FROM ({}) AS pgveil_parent)",
@@ -106,7 +122,11 @@ pub fn read_subquery(eff: &Effective, o: &ObjectPolicy, depth: usize) -> String 
             }
         })
         .collect();
-    let cols = if cols.is_empty() { "NULL AS pgveil_no_columns".to_owned() } else { cols.join(", ") };
+    let cols = if cols.is_empty() {
+        "NULL AS pgveil_no_columns".to_owned()
+    } else {
+        cols.join(", ")
+    };
     format!(
         "SELECT {cols} FROM {}.{} WHERE {}",
         ident(&o.schema),
@@ -119,7 +139,12 @@ pub fn read_subquery(eff: &Effective, o: &ObjectPolicy, depth: usize) -> String 
 /// (counting rows for bulk limits), never returned to the client.
 pub fn scoped_rows(eff: &Effective, o: &ObjectPolicy, p: &RowPred) -> String {
     let plain = |c: &str| ident(c);
-    format!("SELECT * FROM {}.{} WHERE {}", ident(&o.schema), ident(&o.table), pred_sql(eff, o, p, &plain, 0))
+    format!(
+        "SELECT * FROM {}.{} WHERE {}",
+        ident(&o.schema),
+        ident(&o.table),
+        pred_sql(eff, o, p, &plain, 0)
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Query, Select, SetExpr, TableAlias, TableFactor, Value, ValueWithSpan, VisitMut, VisitorMut,
+    Expr, Query, Select, SetExpr, TableAlias, TableFactor, Value, ValueWithSpan, VisitMut,
+    VisitorMut,
 };
 
 use super::resolve::{fold, parts, resolve, Resolved};
@@ -50,7 +51,13 @@ fn addr(q: &Query) -> usize {
 
 impl<'c, 'a> ReadPass<'c, 'a> {
     pub fn new(cx: &'c Cx<'a>, mode: Mode) -> Self {
-        ReadPass { cx, mode, frames: Vec::new(), selects: Vec::new(), trusted: Vec::new() }
+        ReadPass {
+            cx,
+            mode,
+            frames: Vec::new(),
+            selects: Vec::new(),
+            trusted: Vec::new(),
+        }
     }
 
     /// Rewrite (or verify) any visitable node.
@@ -63,11 +70,25 @@ impl<'c, 'a> ReadPass<'c, 'a> {
     }
 
     fn cte_visible(&self, name: &str) -> bool {
-        self.frames.iter().rev().any(|f| f.visible.iter().any(|v| v == name))
+        self.frames
+            .iter()
+            .rev()
+            .any(|f| f.visible.iter().any(|v| v == name))
     }
 
     fn rewrite_table(&mut self, tf: &mut TableFactor) -> Result<(), ClientError> {
-        let TableFactor::Table { name, alias, args, with_hints, version, with_ordinality, partitions, json_path, sample, index_hints } = tf
+        let TableFactor::Table {
+            name,
+            alias,
+            args,
+            with_hints,
+            version,
+            with_ordinality,
+            partitions,
+            json_path,
+            sample,
+            index_hints,
+        } = tf
         else {
             return Ok(());
         };
@@ -75,10 +96,17 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             let _ = args;
             return functions::check_function(&parts(name)?, &self.cx.snap.safe_functions);
         }
-        if !with_hints.is_empty() || version.is_some() || *with_ordinality || !partitions.is_empty()
-            || json_path.is_some() || sample.is_some() || !index_hints.is_empty()
+        if !with_hints.is_empty()
+            || version.is_some()
+            || *with_ordinality
+            || !partitions.is_empty()
+            || json_path.is_some()
+            || sample.is_some()
+            || !index_hints.is_empty()
         {
-            return Err(ClientError::unsupported(format!("pgveil does not support this table modifier on {name}")));
+            return Err(ClientError::unsupported(format!(
+                "pgveil does not support this table modifier on {name}"
+            )));
         }
         if name.0.len() == 1 {
             let n = parts(name)?.remove(0);
@@ -86,21 +114,29 @@ impl<'c, 'a> ReadPass<'c, 'a> {
                 return Ok(());
             }
             if n == super::MY_PERMISSIONS {
-                let subquery = self.cx.parse_generated_query(&super::my_permissions_sql(self.cx.eff))?;
+                let subquery = self
+                    .cx
+                    .parse_generated_query(&super::my_permissions_sql(self.cx.eff))?;
                 let alias = alias.take().unwrap_or_else(|| TableAlias {
                     explicit: true,
                     at: None,
                     name: sqlparser::ast::Ident::new(super::MY_PERMISSIONS),
                     columns: vec![],
                 });
-                *tf = TableFactor::Derived { lateral: false, subquery: Box::new(subquery), alias: Some(alias), sample: None };
+                *tf = TableFactor::Derived {
+                    lateral: false,
+                    subquery: Box::new(subquery),
+                    alias: Some(alias),
+                    sample: None,
+                };
                 return Ok(());
             }
         }
-        let (schema, table) = match resolve(self.cx.snap, self.cx.search_path, self.cx.database, name)? {
-            Resolved::Catalog(..) => return Ok(()),
-            Resolved::Object(s, t) => (s, t),
-        };
+        let (schema, table) =
+            match resolve(self.cx.snap, self.cx.search_path, self.cx.database, name)? {
+                Resolved::Catalog(..) => return Ok(()),
+                Resolved::Object(s, t) => (s, t),
+            };
         if self.mode == Mode::Verify {
             return if self.trusted.iter().any(|t| *t) {
                 Ok(())
@@ -125,23 +161,36 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             let pk = o.primary_key.clone();
             let alias_name = fold(&alias.name)?;
             if let Some(top) = self.selects.last_mut() {
-                top.push(ViewOnly { alias: alias_name, table: table.clone(), pk });
+                top.push(ViewOnly {
+                    alias: alias_name,
+                    table: table.clone(),
+                    pk,
+                });
             } else {
                 return Err(super::denied_action(o, "list"));
             }
         }
         let subquery = self.cx.policy_subquery(o)?;
-        *tf = TableFactor::Derived { lateral: false, subquery: Box::new(subquery), alias: Some(alias), sample: None };
+        *tf = TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(subquery),
+            alias: Some(alias),
+            sample: None,
+        };
         Ok(())
     }
 }
 
 fn check_set_expr(body: &SetExpr) -> Result<(), ClientError> {
     match body {
-        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => Err(
-            ClientError::unsupported("pgveil does not support data-modifying statements inside WITH or subqueries"),
-        ),
-        SetExpr::Table(_) => Err(ClientError::unsupported("pgveil does not support the TABLE command; use SELECT")),
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+            Err(ClientError::unsupported(
+                "pgveil does not support data-modifying statements inside WITH or subqueries",
+            ))
+        }
+        SetExpr::Table(_) => Err(ClientError::unsupported(
+            "pgveil does not support the TABLE command; use SELECT",
+        )),
         SetExpr::SetOperation { left, right, .. } => {
             check_set_expr(left)?;
             check_set_expr(right)
@@ -154,11 +203,17 @@ fn check_set_expr(body: &SetExpr) -> Result<(), ClientError> {
 fn has_pk_lookup(selection: Option<&Expr>, v: &ViewOnly) -> bool {
     let Some(e) = selection else { return false };
     match e {
-        Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::And, right } => {
-            has_pk_lookup(Some(left), v) || has_pk_lookup(Some(right), v)
-        }
+        Expr::BinaryOp {
+            left,
+            op: sqlparser::ast::BinaryOperator::And,
+            right,
+        } => has_pk_lookup(Some(left), v) || has_pk_lookup(Some(right), v),
         Expr::Nested(inner) => has_pk_lookup(Some(inner), v),
-        Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right } => {
+        Expr::BinaryOp {
+            left,
+            op: sqlparser::ast::BinaryOperator::Eq,
+            right,
+        } => {
             (is_pk_ref(left, v) && is_constant(right)) || (is_pk_ref(right, v) && is_constant(left))
         }
         _ => false,
@@ -189,12 +244,18 @@ impl VisitorMut for ReadPass<'_, '_> {
 
     fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<ClientError> {
         if self.frames.len() >= self.cx.max_depth {
-            return ControlFlow::Break(ClientError::TooComplex("statement nesting is too deep for pgveil".into()));
+            return ControlFlow::Break(ClientError::TooComplex(
+                "statement nesting is too deep for pgveil".into(),
+            ));
         }
         if let Err(e) = check_set_expr(&q.body) {
             return ControlFlow::Break(e);
         }
-        let mut frame = Frame { query: addr(q), visible: Vec::new(), pending: Vec::new() };
+        let mut frame = Frame {
+            query: addr(q),
+            visible: Vec::new(),
+            pending: Vec::new(),
+        };
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 let name = match fold(&cte.alias.name) {
@@ -272,12 +333,15 @@ impl VisitorMut for ReadPass<'_, '_> {
         }
         let res = match tf {
             TableFactor::Table { .. } => self.rewrite_table(tf),
-            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } | TableFactor::UNNEST { .. } => Ok(()),
-            TableFactor::Function { name, .. } => {
-                parts(name).and_then(|p| functions::check_function(&p, &self.cx.snap.safe_functions))
-            }
+            TableFactor::Derived { .. }
+            | TableFactor::NestedJoin { .. }
+            | TableFactor::UNNEST { .. } => Ok(()),
+            TableFactor::Function { name, .. } => parts(name)
+                .and_then(|p| functions::check_function(&p, &self.cx.snap.safe_functions)),
             TableFactor::TableFunction { .. } => Ok(()),
-            other => Err(ClientError::unsupported(format!("pgveil does not support this FROM item: {other}"))),
+            other => Err(ClientError::unsupported(format!(
+                "pgveil does not support this FROM item: {other}"
+            ))),
         };
         match res {
             Ok(()) => ControlFlow::Continue(()),
@@ -287,7 +351,9 @@ impl VisitorMut for ReadPass<'_, '_> {
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<ClientError> {
         if let Expr::Function(f) = e {
-            if let Err(err) = parts(&f.name).and_then(|p| functions::check_function(&p, &self.cx.snap.safe_functions)) {
+            if let Err(err) = parts(&f.name)
+                .and_then(|p| functions::check_function(&p, &self.cx.snap.safe_functions))
+            {
                 return ControlFlow::Break(err);
             }
         }

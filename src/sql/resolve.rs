@@ -24,7 +24,9 @@ pub fn fold(id: &Ident) -> Result<String, ClientError> {
             "pgveil does not accept backslashes in quoted identifiers",
         )),
         Some('"') => Ok(id.value.clone()),
-        Some(_) => Err(ClientError::unsupported(format!("unsupported identifier quoting in {id}"))),
+        Some(_) => Err(ClientError::unsupported(format!(
+            "unsupported identifier quoting in {id}"
+        ))),
     }
 }
 
@@ -34,34 +36,112 @@ pub fn parts(name: &ObjectName) -> Result<Vec<String>, ClientError> {
         .iter()
         .map(|p| match p {
             ObjectNamePart::Identifier(id) => fold(id),
-            other => Err(ClientError::unsupported(format!("unsupported name part {other}"))),
+            other => Err(ClientError::unsupported(format!(
+                "unsupported name part {other}"
+            ))),
         })
         .collect()
 }
 
 /// Structural catalogs readable by restricted users (they describe structure, not data).
 const PG_CATALOG_READABLE: &[&str] = &[
-    "pg_aggregate", "pg_am", "pg_amop", "pg_amproc", "pg_attrdef", "pg_attribute", "pg_auth_members",
-    "pg_available_extensions", "pg_cast", "pg_class", "pg_collation", "pg_constraint", "pg_conversion",
-    "pg_database", "pg_default_acl", "pg_depend", "pg_description", "pg_enum", "pg_event_trigger",
-    "pg_extension", "pg_foreign_data_wrapper", "pg_foreign_server", "pg_foreign_table", "pg_index",
-    "pg_indexes", "pg_inherits", "pg_init_privs", "pg_language", "pg_matviews", "pg_namespace",
-    "pg_opclass", "pg_operator", "pg_opfamily", "pg_partitioned_table", "pg_policy", "pg_proc",
-    "pg_publication", "pg_range", "pg_rewrite", "pg_roles", "pg_sequence", "pg_sequences",
-    "pg_settings", "pg_shdescription", "pg_statistic_ext", "pg_tables", "pg_tablespace",
-    "pg_timezone_abbrevs", "pg_timezone_names", "pg_trigger", "pg_ts_config", "pg_ts_dict",
-    "pg_ts_parser", "pg_ts_template", "pg_type", "pg_views", "pg_user", "pg_shseclabel", "pg_seclabel",
-    "pg_transform", "pg_publication_rel", "pg_subscription_rel", "pg_publication_namespace",
+    "pg_aggregate",
+    "pg_am",
+    "pg_amop",
+    "pg_amproc",
+    "pg_attrdef",
+    "pg_attribute",
+    "pg_auth_members",
+    "pg_available_extensions",
+    "pg_cast",
+    "pg_class",
+    "pg_collation",
+    "pg_constraint",
+    "pg_conversion",
+    "pg_database",
+    "pg_default_acl",
+    "pg_depend",
+    "pg_description",
+    "pg_enum",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_foreign_table",
+    "pg_index",
+    "pg_indexes",
+    "pg_inherits",
+    "pg_init_privs",
+    "pg_language",
+    "pg_matviews",
+    "pg_namespace",
+    "pg_opclass",
+    "pg_operator",
+    "pg_opfamily",
+    "pg_partitioned_table",
+    "pg_policy",
+    "pg_proc",
+    "pg_publication",
+    "pg_range",
+    "pg_rewrite",
+    "pg_roles",
+    "pg_sequence",
+    "pg_sequences",
+    "pg_settings",
+    "pg_shdescription",
+    "pg_statistic_ext",
+    "pg_tables",
+    "pg_tablespace",
+    "pg_timezone_abbrevs",
+    "pg_timezone_names",
+    "pg_trigger",
+    "pg_ts_config",
+    "pg_ts_dict",
+    "pg_ts_parser",
+    "pg_ts_template",
+    "pg_type",
+    "pg_views",
+    "pg_user",
+    "pg_shseclabel",
+    "pg_seclabel",
+    "pg_transform",
+    "pg_publication_rel",
+    "pg_subscription_rel",
+    "pg_publication_namespace",
     "pg_publication_tables",
 ];
 
 const INFORMATION_SCHEMA_READABLE: &[&str] = &[
-    "applicable_roles", "attributes", "character_sets", "check_constraints", "collations",
-    "column_domain_usage", "column_privileges", "column_udt_usage", "columns", "constraint_column_usage",
-    "constraint_table_usage", "domain_constraints", "domains", "element_types", "enabled_roles",
-    "key_column_usage", "parameters", "referential_constraints", "role_table_grants", "routines",
-    "schemata", "sequences", "table_constraints", "table_privileges", "tables", "triggers",
-    "user_defined_types", "view_column_usage", "view_table_usage", "views",
+    "applicable_roles",
+    "attributes",
+    "character_sets",
+    "check_constraints",
+    "collations",
+    "column_domain_usage",
+    "column_privileges",
+    "column_udt_usage",
+    "columns",
+    "constraint_column_usage",
+    "constraint_table_usage",
+    "domain_constraints",
+    "domains",
+    "element_types",
+    "enabled_roles",
+    "key_column_usage",
+    "parameters",
+    "referential_constraints",
+    "role_table_grants",
+    "routines",
+    "schemata",
+    "sequences",
+    "table_constraints",
+    "table_privileges",
+    "tables",
+    "triggers",
+    "user_defined_types",
+    "view_column_usage",
+    "view_table_usage",
+    "views",
 ];
 
 fn catalog_readable(schema: &str, name: &str) -> bool {
@@ -91,10 +171,15 @@ pub fn resolve(
         [rel] => (None, rel.clone()),
         [schema, rel] => (Some(schema.clone()), rel.clone()),
         [db, schema, rel] if db == database => (Some(schema.clone()), rel.clone()),
-        _ => return Err(ClientError::denied(format!("cross-database or malformed reference {name} is not allowed"))),
+        _ => {
+            return Err(ClientError::denied(format!(
+                "cross-database or malformed reference {name} is not allowed"
+            )))
+        }
     };
     if let Some(schema) = schema {
-        return resolve_in(snap, &schema, &rel).ok_or_else(|| unknown(&format!("{schema}.{rel}"), snap, &schema, &rel));
+        return resolve_in(snap, &schema, &rel)
+            .ok_or_else(|| unknown(&format!("{schema}.{rel}"), snap, &schema, &rel));
     }
     // pg_catalog is searched first unless listed explicitly, like PostgreSQL.
     let mut path: Vec<&str> = Vec::new();
@@ -113,7 +198,10 @@ pub fn resolve(
             }
             continue;
         }
-        if snap.relations.contains_key(&(schema.to_owned(), rel.clone())) {
+        if snap
+            .relations
+            .contains_key(&(schema.to_owned(), rel.clone()))
+        {
             return resolve_in(snap, schema, &rel).ok_or_else(|| unknown(&rel, snap, schema, &rel));
         }
     }
@@ -132,11 +220,15 @@ fn resolve_in(snap: &Snapshot, schema: &str, rel: &str) -> Option<Resolved> {
     if schema == "pg_catalog" || schema == "information_schema" {
         return None;
     }
-    snap.object_for_table(schema, rel).map(|o| Resolved::Object(o.schema.clone(), o.table.clone()))
+    snap.object_for_table(schema, rel)
+        .map(|o| Resolved::Object(o.schema.clone(), o.table.clone()))
 }
 
 fn unknown(display: &str, snap: &Snapshot, schema: &str, rel: &str) -> ClientError {
-    let exists = !schema.is_empty() && snap.relations.contains_key(&(schema.to_owned(), rel.to_owned()));
+    let exists = !schema.is_empty()
+        && snap
+            .relations
+            .contains_key(&(schema.to_owned(), rel.to_owned()));
     if schema == "pg_catalog" || schema == "information_schema" {
         return denied_catalog(schema, rel);
     }

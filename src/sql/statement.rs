@@ -1,9 +1,7 @@
 //! Allow-list by statement kind for restricted users, and dispatch to the read and write
 //! passes. Anything not listed here is refused.
 
-use sqlparser::ast::{
-    CopySource, CopyTarget, ObjectName, Query, Set, SetExpr, Statement,
-};
+use sqlparser::ast::{CopySource, CopyTarget, ObjectName, Query, Set, SetExpr, Statement};
 
 use super::read::{Mode, ReadPass};
 use super::resolve::{parts, resolve, Resolved};
@@ -16,11 +14,32 @@ pub type Wrap = Box<dyn FnOnce(String) -> String>;
 
 /// Settings a restricted user may change.
 const SETTABLE: &[&str] = &[
-    "application_name", "datestyle", "timezone", "time zone", "intervalstyle", "extra_float_digits",
-    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "client_min_messages",
-    "bytea_output", "default_transaction_isolation", "default_transaction_read_only", "transaction_isolation",
-    "work_mem", "jit", "enable_seqscan", "geqo", "lc_monetary", "lc_numeric", "lc_time", "xmloption",
-    "intervalstyle", "transaction_read_only", "default_transaction_deferrable", "synchronous_commit",
+    "application_name",
+    "datestyle",
+    "timezone",
+    "time zone",
+    "intervalstyle",
+    "extra_float_digits",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "client_min_messages",
+    "bytea_output",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "transaction_isolation",
+    "work_mem",
+    "jit",
+    "enable_seqscan",
+    "geqo",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "xmloption",
+    "intervalstyle",
+    "transaction_read_only",
+    "default_transaction_deferrable",
+    "synchronous_commit",
 ];
 
 fn denied_kind(kind: &str) -> ClientError {
@@ -67,31 +86,56 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             Ok(None)
         }
         Statement::Prepare { statement, .. } => {
-            if !matches!(statement.as_ref(), Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) {
+            if !matches!(
+                statement.as_ref(),
+                Statement::Query(_)
+                    | Statement::Insert(_)
+                    | Statement::Update(_)
+                    | Statement::Delete(_)
+            ) {
                 return Err(denied_kind("PREPARE of this statement"));
             }
             enforce(cx, statement).map(|_| None)
         }
         Statement::Explain { analyze: true, .. } => Err(ClientError::Denied {
-            message: "permission denied: EXPLAIN ANALYZE is not allowed for restricted users".into(),
-            hint: Some("its row counts would reveal rows outside your data scope; use EXPLAIN".into()),
+            message: "permission denied: EXPLAIN ANALYZE is not allowed for restricted users"
+                .into(),
+            hint: Some(
+                "its row counts would reveal rows outside your data scope; use EXPLAIN".into(),
+            ),
         }),
         Statement::Explain { statement, .. } => {
-            if !matches!(statement.as_ref(), Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) {
+            if !matches!(
+                statement.as_ref(),
+                Statement::Query(_)
+                    | Statement::Insert(_)
+                    | Statement::Update(_)
+                    | Statement::Delete(_)
+            ) {
                 return Err(denied_kind("EXPLAIN of this statement"));
             }
             enforce(cx, statement).map(|_| None)
         }
-        Statement::Copy { source, to, target, .. } => copy(cx, source, *to, target).map(|_| None),
-        Statement::CreateTable(_) | Statement::AlterTable { .. } | Statement::Drop { .. } | Statement::CreateView { .. }
-        | Statement::CreateIndex(_) | Statement::CreateFunction(_) | Statement::Truncate { .. } => {
-            Err(denied_kind("DDL"))
-        }
+        Statement::Copy {
+            source, to, target, ..
+        } => copy(cx, source, *to, target).map(|_| None),
+        Statement::CreateTable(_)
+        | Statement::AlterTable { .. }
+        | Statement::Drop { .. }
+        | Statement::CreateView { .. }
+        | Statement::CreateIndex(_)
+        | Statement::CreateFunction(_)
+        | Statement::Truncate { .. } => Err(denied_kind("DDL")),
         Statement::Grant { .. } | Statement::Revoke { .. } => Err(denied_kind("GRANT/REVOKE")),
         Statement::Call(_) => Err(denied_kind("CALL")),
-        Statement::Merge(_) => Err(ClientError::unsupported("pgveil does not support MERGE for restricted users")),
+        Statement::Merge(_) => Err(ClientError::unsupported(
+            "pgveil does not support MERGE for restricted users",
+        )),
         other => Err(ClientError::Unsupported {
-            message: format!("pgveil does not support this statement for restricted users: {}", kind_of(other)),
+            message: format!(
+                "pgveil does not support this statement for restricted users: {}",
+                kind_of(other)
+            ),
             hint: None,
         }),
     }
@@ -99,7 +143,10 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
 
 fn kind_of(s: &Statement) -> String {
     let text = s.to_string();
-    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check_set(set: &Set) -> Result<(), ClientError> {
@@ -111,7 +158,10 @@ fn check_set(set: &Set) -> Result<(), ClientError> {
             } else {
                 Err(ClientError::Denied {
                     message: format!("permission denied to set parameter \"{name}\""),
-                    hint: Some("pgveil pins search_path, role and quoting settings for restricted users".into()),
+                    hint: Some(
+                        "pgveil pins search_path, role and quoting settings for restricted users"
+                            .into(),
+                    ),
                 })
             }
         }
@@ -123,7 +173,15 @@ fn check_set(set: &Set) -> Result<(), ClientError> {
 /// The role's maximum rows: fail the query in PostgreSQL (no partial result) if exceeded.
 fn row_limit(cx: &Cx<'_>, q: &Query) -> Option<Wrap> {
     let max = cx.eff.restrictions.max_rows?;
-    if q.locks.is_empty() && matches!(q.body.as_ref(), SetExpr::Select(_) | SetExpr::SetOperation { .. } | SetExpr::Query(_) | SetExpr::Values(_)) {
+    if q.locks.is_empty()
+        && matches!(
+            q.body.as_ref(),
+            SetExpr::Select(_)
+                | SetExpr::SetOperation { .. }
+                | SetExpr::Query(_)
+                | SetExpr::Values(_)
+        )
+    {
         Some(Box::new(move |sql: String| {
             format!(
                 "WITH pgveil_rows AS MATERIALIZED ({sql}) SELECT * FROM pgveil_rows WHERE pgveil.assert_limit((SELECT count(*) FROM pgveil_rows) <= {max}, 'query returns more than {max} rows, the maximum your roles allow')"
@@ -134,20 +192,35 @@ fn row_limit(cx: &Cx<'_>, q: &Query) -> Option<Wrap> {
     }
 }
 
-fn copy(cx: &Cx<'_>, source: &mut CopySource, to: bool, target: &CopyTarget) -> Result<(), ClientError> {
+fn copy(
+    cx: &Cx<'_>,
+    source: &mut CopySource,
+    to: bool,
+    target: &CopyTarget,
+) -> Result<(), ClientError> {
     match target {
         CopyTarget::Stdin | CopyTarget::Stdout => {}
         _ => return Err(denied_kind("COPY to or from a file or program")),
     }
     if to {
         if !cx.eff.restrictions.data_export {
-            return Err(ClientError::denied("permission denied: data export is disabled for your roles"));
+            return Err(ClientError::denied(
+                "permission denied: data export is disabled for your roles",
+            ));
         }
-        if let CopySource::Table { table_name, columns } = source {
+        if let CopySource::Table {
+            table_name,
+            columns,
+        } = source
+        {
             let cols = if columns.is_empty() {
                 "*".to_owned()
             } else {
-                columns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                columns
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             let q = cx.parse_generated_query(&format!("SELECT {cols} FROM {table_name}"))?;
             *source = CopySource::Query(Box::new(q));
@@ -164,7 +237,11 @@ fn copy(cx: &Cx<'_>, source: &mut CopySource, to: bool, target: &CopyTarget) -> 
         }
         return Ok(());
     }
-    let CopySource::Table { table_name, columns } = source else {
+    let CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
         return Err(ClientError::unsupported("COPY (query) FROM is not valid"));
     };
     copy_from(cx, table_name, columns)
@@ -172,16 +249,27 @@ fn copy(cx: &Cx<'_>, source: &mut CopySource, to: bool, target: &CopyTarget) -> 
 
 /// COPY … FROM STDIN: allowed only where every row is acceptable without inspection:
 /// `import` granted, create scope `all`, every column writable, bulk operations allowed.
-fn copy_from(cx: &Cx<'_>, table: &ObjectName, columns: &[sqlparser::ast::Ident]) -> Result<(), ClientError> {
+fn copy_from(
+    cx: &Cx<'_>,
+    table: &ObjectName,
+    columns: &[sqlparser::ast::Ident],
+) -> Result<(), ClientError> {
     let o = match resolve(cx.snap, cx.search_path, cx.database, table)? {
         Resolved::Object(s, t) => cx.object(&s, &t)?,
-        Resolved::Catalog(s, t) => return Err(ClientError::denied(format!("permission denied to modify {s}.{t}"))),
+        Resolved::Catalog(s, t) => {
+            return Err(ClientError::denied(format!(
+                "permission denied to modify {s}.{t}"
+            )))
+        }
     };
     if !o.allows("import") {
         return Err(super::denied_action(o, "import"));
     }
     if !cx.eff.restrictions.bulk_operations {
-        return Err(ClientError::denied(format!("permission denied: COPY into {} is a bulk operation, which your roles do not allow", o.object)));
+        return Err(ClientError::denied(format!(
+            "permission denied: COPY into {} is a bulk operation, which your roles do not allow",
+            o.object
+        )));
     }
     if o.create != RowPred::All {
         return Err(ClientError::Denied {
@@ -192,7 +280,10 @@ fn copy_from(cx: &Cx<'_>, table: &ObjectName, columns: &[sqlparser::ast::Ident])
     let names: Vec<String> = if columns.is_empty() {
         o.columns.iter().map(|c| c.name.clone()).collect()
     } else {
-        columns.iter().map(|c| super::resolve::fold(c)).collect::<Result<_, _>>()?
+        columns
+            .iter()
+            .map(super::resolve::fold)
+            .collect::<Result<_, _>>()?
     };
     for n in names {
         if !o.column(&n).is_some_and(|c| c.create) {
@@ -231,7 +322,10 @@ pub fn visit_read_parts(cx: &Cx<'_>, mode: Mode, stmt: &mut Statement) -> Result
             ReadPass::run(cx, mode, &mut d.selection)?;
             ReadPass::run(cx, mode, &mut d.returning)
         }
-        Statement::Copy { source: CopySource::Query(q), .. } => ReadPass::run(cx, mode, q.as_mut()),
+        Statement::Copy {
+            source: CopySource::Query(q),
+            ..
+        } => ReadPass::run(cx, mode, q.as_mut()),
         Statement::Declare { stmts } => {
             for d in stmts {
                 if let Some(q) = &mut d.for_query {
@@ -247,4 +341,3 @@ pub fn visit_read_parts(cx: &Cx<'_>, mode: Mode, stmt: &mut Statement) -> Result
         _ => Ok(()),
     }
 }
-

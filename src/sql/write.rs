@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, OnConflictAction, OnInsert, SelectItem,
-    SetExpr, TableFactor, TableObject, TableWithJoins, Update, Visit, Visitor,
+    AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, OnConflictAction, OnInsert,
+    SelectItem, SetExpr, TableFactor, TableObject, TableWithJoins, Update, Visit, Visitor,
 };
 
 use super::policy_sql::{ident, literal, pred_sql};
@@ -21,7 +21,9 @@ use crate::policy::compile::{Atom, ColumnRead, ObjectPolicy, RowPred};
 /// Resolve a DML target to its object policy.
 fn target<'c>(cx: &'c Cx<'_>, name: &ObjectName) -> Result<&'c ObjectPolicy, ClientError> {
     match resolve(cx.snap, cx.search_path, cx.database, name)? {
-        Resolved::Catalog(s, t) => Err(ClientError::denied(format!("permission denied to modify {s}.{t}"))),
+        Resolved::Catalog(s, t) => Err(ClientError::denied(format!(
+            "permission denied to modify {s}.{t}"
+        ))),
         Resolved::Object(s, t) => cx.object(&s, &t),
     }
 }
@@ -44,7 +46,11 @@ fn read_only_field(o: &ObjectPolicy, col: &str) -> ClientError {
 
 /// Refuse references to fields the user cannot see (they would leak through filters,
 /// SET expressions or RETURNING).
-fn refuse_hidden_refs<T: Visit>(o: &ObjectPolicy, alias: &str, node: &T) -> Result<(), ClientError> {
+fn refuse_hidden_refs<T: Visit>(
+    o: &ObjectPolicy,
+    alias: &str,
+    node: &T,
+) -> Result<(), ClientError> {
     struct Refs<'a> {
         o: &'a ObjectPolicy,
         alias: &'a str,
@@ -56,7 +62,9 @@ fn refuse_hidden_refs<T: Visit>(o: &ObjectPolicy, alias: &str, node: &T) -> Resu
                 Expr::Identifier(id) => fold(id).ok(),
                 Expr::CompoundIdentifier(ids) if ids.len() >= 2 => {
                     let q = fold(&ids[ids.len() - 2]).ok();
-                    if q.as_deref() == Some(self.alias) || q.as_deref() == Some(self.o.table.as_str()) {
+                    if q.as_deref() == Some(self.alias)
+                        || q.as_deref() == Some(self.o.table.as_str())
+                    {
                         fold(&ids[ids.len() - 1]).ok()
                     } else {
                         None
@@ -87,18 +95,31 @@ fn refuse_hidden_refs<T: Visit>(o: &ObjectPolicy, alias: &str, node: &T) -> Resu
 /// A single-table target: (name, alias as used in SQL).
 fn single_table(t: &TableWithJoins) -> Result<(ObjectName, Option<String>), ClientError> {
     if !t.joins.is_empty() {
-        return Err(ClientError::unsupported("pgveil supports one target table per UPDATE or DELETE"));
+        return Err(ClientError::unsupported(
+            "pgveil supports one target table per UPDATE or DELETE",
+        ));
     }
     match &t.relation {
-        TableFactor::Table { name, alias, args: None, .. } => {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => {
             let a = match alias {
                 Some(a) if a.columns.is_empty() => Some(fold(&a.name)?),
-                Some(_) => return Err(ClientError::unsupported("column aliases on a DML target are not supported")),
+                Some(_) => {
+                    return Err(ClientError::unsupported(
+                        "column aliases on a DML target are not supported",
+                    ))
+                }
                 None => None,
             };
             Ok((name.clone(), a))
         }
-        _ => Err(ClientError::unsupported("pgveil supports only a plain table as UPDATE or DELETE target")),
+        _ => Err(ClientError::unsupported(
+            "pgveil supports only a plain table as UPDATE or DELETE target",
+        )),
     }
 }
 
@@ -137,7 +158,9 @@ fn rewrite_returning(
     alias: &str,
     returning: &mut Option<Vec<SelectItem>>,
 ) -> Result<(), ClientError> {
-    let Some(items) = returning.as_mut() else { return Ok(()) };
+    let Some(items) = returning.as_mut() else {
+        return Ok(());
+    };
     if !(o.allows("list") || o.allows("view")) {
         return Err(ClientError::denied(format!(
             "permission denied: RETURNING needs {}.list or {}.view",
@@ -154,7 +177,11 @@ fn rewrite_returning(
                 for c in &o.columns {
                     let text = match &c.read {
                         ColumnRead::Visible => q(&c.name),
-                        ColumnRead::Hidden(m) => format!("{} AS {}", super::mask_expr(*m, &q(&c.name), &c.type_name), ident(&c.name)),
+                        ColumnRead::Hidden(m) => format!(
+                            "{} AS {}",
+                            super::mask_expr(*m, &q(&c.name), &c.type_name),
+                            ident(&c.name)
+                        ),
                         ColumnRead::When(p, m) => format!(
                             "CASE WHEN {} THEN {} ELSE {} END AS {}",
                             pred_sql(cx.eff, o, p, &q, 0),
@@ -174,7 +201,12 @@ fn rewrite_returning(
 }
 
 /// Bulk limit: refuse before writing anything if more rows would be touched.
-fn bulk_check(cx: &Cx<'_>, o: &ObjectPolicy, what: &str, count_sql: &str) -> Result<Option<Expr>, ClientError> {
+fn bulk_check(
+    cx: &Cx<'_>,
+    o: &ObjectPolicy,
+    what: &str,
+    count_sql: &str,
+) -> Result<Option<Expr>, ClientError> {
     let r = &cx.eff.restrictions;
     if r.bulk_operations {
         return Ok(None);
@@ -191,7 +223,12 @@ fn bulk_check(cx: &Cx<'_>, o: &ObjectPolicy, what: &str, count_sql: &str) -> Res
 }
 
 /// Rows of the target in a scope, as a trusted derived table for counting.
-fn scoped_target(cx: &Cx<'_>, o: &ObjectPolicy, p: &RowPred, alias: &str) -> Result<String, ClientError> {
+fn scoped_target(
+    cx: &Cx<'_>,
+    o: &ObjectPolicy,
+    p: &RowPred,
+    alias: &str,
+) -> Result<String, ClientError> {
     let inner = super::policy_sql::scoped_rows(cx.eff, o, p);
     cx.register_query_text(&inner)?;
     Ok(format!("({inner}) AS {}", ident(alias)))
@@ -199,7 +236,9 @@ fn scoped_target(cx: &Cx<'_>, o: &ObjectPolicy, p: &RowPred, alias: &str) -> Res
 
 pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
     if u.or.is_some() || !u.order_by.is_empty() || u.limit.is_some() || u.output.is_some() {
-        return Err(ClientError::unsupported("pgveil does not support this UPDATE form"));
+        return Err(ClientError::unsupported(
+            "pgveil does not support this UPDATE form",
+        ));
     }
     let (name, alias) = single_table(&u.table)?;
     let o = target(cx, &name)?;
@@ -213,7 +252,9 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
         };
         for c in cols {
             let c = parts(&c)?.pop().unwrap_or_default();
-            let col = o.column(&c).ok_or_else(|| ClientError::denied(format!("unknown field {}.{c}", o.object)))?;
+            let col = o
+                .column(&c)
+                .ok_or_else(|| ClientError::denied(format!("unknown field {}.{c}", o.object)))?;
             if col.edit.is_nothing() {
                 return Err(read_only_field(o, &c));
             }
@@ -244,7 +285,9 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
             u.assignments
                 .iter()
                 .find_map(|a| match &a.target {
-                    AssignmentTarget::ColumnName(n) if parts(n).ok().and_then(|mut p| p.pop()).as_deref() == Some(c) => {
+                    AssignmentTarget::ColumnName(n)
+                        if parts(n).ok().and_then(|mut p| p.pop()).as_deref() == Some(c) =>
+                    {
                         Some(format!("({})", a.value))
                     }
                     _ => None,
@@ -255,7 +298,10 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
         let moved = pred_sql(cx.eff, o, &o.edit, &new_val, 0);
         conds.push(format!(
             "CASE WHEN {current} THEN pgveil.assert_scope({moved}, {}) ELSE FALSE END",
-            literal(&format!("update would move a {} record out of your data scope", o.object))
+            literal(&format!(
+                "update would move a {} record out of your data scope",
+                o.object
+            ))
         ));
     }
     let mut selection = u.selection.take();
@@ -263,15 +309,18 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
         selection = Some(and(selection, cx.parse_generated_expr(&c)?));
     }
     let from_items = match &u.from {
-        Some(sqlparser::ast::UpdateTableFromKind::BeforeSet(f) | sqlparser::ast::UpdateTableFromKind::AfterSet(f)) => {
-            f.iter().map(|t| format!(", {t}")).collect::<String>()
-        }
+        Some(
+            sqlparser::ast::UpdateTableFromKind::BeforeSet(f)
+            | sqlparser::ast::UpdateTableFromKind::AfterSet(f),
+        ) => f.iter().map(|t| format!(", {t}")).collect::<String>(),
         None => String::new(),
     };
     let count = format!(
         "SELECT count(*) FROM {}{from_items}{}",
         scoped_target(cx, o, &o.edit, &alias)?,
-        original_where.map(|w| format!(" WHERE {w}")).unwrap_or_default()
+        original_where
+            .map(|w| format!(" WHERE {w}"))
+            .unwrap_or_default()
     );
     if let Some(b) = bulk_check(cx, o, "update", &count)? {
         selection = Some(and(selection, b));
@@ -282,13 +331,17 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
 
 pub fn delete(cx: &Cx<'_>, d: &mut Delete) -> Result<(), ClientError> {
     if !d.tables.is_empty() || !d.order_by.is_empty() || d.limit.is_some() || d.output.is_some() {
-        return Err(ClientError::unsupported("pgveil does not support this DELETE form"));
+        return Err(ClientError::unsupported(
+            "pgveil does not support this DELETE form",
+        ));
     }
     let targets = match &d.from {
         FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
     };
     let [t] = targets.as_slice() else {
-        return Err(ClientError::unsupported("pgveil supports one target table per DELETE"));
+        return Err(ClientError::unsupported(
+            "pgveil supports one target table per DELETE",
+        ));
     };
     let (name, alias) = single_table(t)?;
     let o = target(cx, &name)?;
@@ -301,12 +354,21 @@ pub fn delete(cx: &Cx<'_>, d: &mut Delete) -> Result<(), ClientError> {
     ReadPass::run(cx, Mode::Rewrite, &mut d.selection)?;
     let qual = |c: &str| format!("{}.{}", ident(&alias), ident(c));
     let original_where = d.selection.clone();
-    let mut selection = Some(and(d.selection.take(), cx.parse_generated_expr(&pred_sql(cx.eff, o, &o.delete, &qual, 0))?));
-    let using = d.using.as_ref().map(|u| u.iter().map(|t| format!(", {t}")).collect::<String>()).unwrap_or_default();
+    let mut selection = Some(and(
+        d.selection.take(),
+        cx.parse_generated_expr(&pred_sql(cx.eff, o, &o.delete, &qual, 0))?,
+    ));
+    let using = d
+        .using
+        .as_ref()
+        .map(|u| u.iter().map(|t| format!(", {t}")).collect::<String>())
+        .unwrap_or_default();
     let count = format!(
         "SELECT count(*) FROM {}{using}{}",
         scoped_target(cx, o, &o.delete, &alias)?,
-        original_where.map(|w| format!(" WHERE {w}")).unwrap_or_default()
+        original_where
+            .map(|w| format!(" WHERE {w}"))
+            .unwrap_or_default()
     );
     if let Some(b) = bulk_check(cx, o, "delete", &count)? {
         selection = Some(and(selection, b));
@@ -316,14 +378,28 @@ pub fn delete(cx: &Cx<'_>, d: &mut Delete) -> Result<(), ClientError> {
 }
 
 pub fn insert(cx: &Cx<'_>, i: &mut Insert) -> Result<(), ClientError> {
-    if i.or.is_some() || i.ignore || i.overwrite || !i.assignments.is_empty() || i.partitioned.is_some()
-        || !i.after_columns.is_empty() || i.replace_into || i.priority.is_some() || i.insert_alias.is_some()
-        || i.output.is_some() || i.settings.is_some() || i.format_clause.is_some() || i.has_table_keyword
+    if i.or.is_some()
+        || i.ignore
+        || i.overwrite
+        || !i.assignments.is_empty()
+        || i.partitioned.is_some()
+        || !i.after_columns.is_empty()
+        || i.replace_into
+        || i.priority.is_some()
+        || i.insert_alias.is_some()
+        || i.output.is_some()
+        || i.settings.is_some()
+        || i.format_clause.is_some()
+        || i.has_table_keyword
     {
-        return Err(ClientError::unsupported("pgveil does not support this INSERT form"));
+        return Err(ClientError::unsupported(
+            "pgveil does not support this INSERT form",
+        ));
     }
     let TableObject::TableName(name) = &i.table else {
-        return Err(ClientError::unsupported("pgveil does not support INSERT into a table function"));
+        return Err(ClientError::unsupported(
+            "pgveil does not support INSERT into a table function",
+        ));
     };
     let o = target(cx, name)?;
     require(o, "create")?;
@@ -334,16 +410,27 @@ pub fn insert(cx: &Cx<'_>, i: &mut Insert) -> Result<(), ClientError> {
     let user_cols: Vec<String> = if i.columns.is_empty() {
         o.columns.iter().map(|c| c.name.clone()).collect()
     } else {
-        i.columns.iter().map(|c| parts(c).map(|mut p| p.pop().unwrap_or_default())).collect::<Result<_, _>>()?
+        i.columns
+            .iter()
+            .map(|c| parts(c).map(|mut p| p.pop().unwrap_or_default()))
+            .collect::<Result<_, _>>()?
     };
     for c in &user_cols {
         match o.column(c) {
-            None => return Err(ClientError::denied(format!("unknown field {}.{c}", o.object))),
+            None => {
+                return Err(ClientError::denied(format!(
+                    "unknown field {}.{c}",
+                    o.object
+                )))
+            }
             Some(col) if !col.create => return Err(read_only_field(o, c)),
             Some(_) => {}
         }
     }
-    let source = i.source.as_mut().ok_or_else(|| ClientError::unsupported("INSERT without a source"))?;
+    let source = i
+        .source
+        .as_mut()
+        .ok_or_else(|| ClientError::unsupported("INSERT without a source"))?;
     ReadPass::run(cx, Mode::Rewrite, source)?;
     if let Some(OnInsert::OnConflict(oc)) = &mut i.on {
         if let OnConflictAction::DoUpdate(du) = &mut oc.action {
@@ -365,7 +452,9 @@ pub fn insert(cx: &Cx<'_>, i: &mut Insert) -> Result<(), ClientError> {
             du.selection = Some(and(du.selection.take(), scope));
         }
     } else if i.on.is_some() {
-        return Err(ClientError::unsupported("pgveil does not support this ON clause"));
+        return Err(ClientError::unsupported(
+            "pgveil does not support this ON clause",
+        ));
     }
     let rows = match source.body.as_ref() {
         SetExpr::Values(v) => Some(v.rows.len()),
@@ -397,7 +486,9 @@ fn wrap_insert_source(
             )));
         }
     }
-    let Some(source) = i.source.as_mut() else { return Ok(()) };
+    let Some(source) = i.source.as_mut() else {
+        return Ok(());
+    };
     // Fill omitted scope columns from the user's identity.
     let mut fills: Vec<(String, String)> = Vec::new();
     if let RowPred::Any(atoms) = &o.create {
@@ -409,7 +500,10 @@ fn wrap_insert_source(
                     .department_column
                     .clone()
                     .zip(user.and_then(|u| u.department.clone()).map(|d| literal(&d))),
-                Atom::Teams(_) => o.team_column.clone().zip(user.and_then(|u| u.teams.first()).map(|t| literal(t))),
+                Atom::Teams(_) => o
+                    .team_column
+                    .clone()
+                    .zip(user.and_then(|u| u.teams.first()).map(|t| literal(t))),
                 Atom::Parent => None,
             };
             if let Some((c, v)) = fill {
@@ -419,18 +513,30 @@ fn wrap_insert_source(
             }
         }
     }
-    let types: Vec<String> =
-        user_cols.iter().map(|c| o.column(c).map_or_else(|| "text".to_owned(), |c| c.type_name.clone())).collect();
+    let types: Vec<String> = user_cols
+        .iter()
+        .map(|c| {
+            o.column(c)
+                .map_or_else(|| "text".to_owned(), |c| c.type_name.clone())
+        })
+        .collect();
     let source_sql = match source.body.as_ref() {
-        SetExpr::Values(v) if source.with.is_none() && source.order_by.is_none() && source.limit_clause.is_none() => {
+        SetExpr::Values(v)
+            if source.with.is_none()
+                && source.order_by.is_none()
+                && source.limit_clause.is_none() =>
+        {
             let mut rows = Vec::new();
             for row in &v.rows {
                 if row.len() != user_cols.len() {
-                    return Err(ClientError::denied("INSERT has more expressions than target columns"));
+                    return Err(ClientError::denied(
+                        "INSERT has more expressions than target columns",
+                    ));
                 }
                 let mut cells = Vec::new();
                 for (e, t) in row.iter().zip(&types) {
-                    if matches!(e, Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default")) {
+                    if matches!(e, Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default"))
+                    {
                         return Err(ClientError::unsupported(
                             "pgveil does not support DEFAULT in a scoped INSERT; omit the column instead",
                         ));
@@ -445,20 +551,32 @@ fn wrap_insert_source(
     };
     let new_cols: Vec<String> = user_cols.iter().map(|c| ident(c)).collect();
     let v = |c: &str| -> String {
-        fills.iter().find(|f| f.0 == c).map_or_else(|| format!("pgveil_new.{}", ident(c)), |f| f.1.clone())
+        fills
+            .iter()
+            .find(|f| f.0 == c)
+            .map_or_else(|| format!("pgveil_new.{}", ident(c)), |f| f.1.clone())
     };
     let scope = pred_sql(cx.eff, o, &o.create, &v, 0);
-    let mut select_list: Vec<String> = user_cols.iter().map(|c| format!("pgveil_new.{}", ident(c))).collect();
+    let mut select_list: Vec<String> = user_cols
+        .iter()
+        .map(|c| format!("pgveil_new.{}", ident(c)))
+        .collect();
     select_list.extend(fills.iter().map(|f| f.1.clone()));
     let mut conds = vec![format!(
         "pgveil.assert_scope({scope}, {})",
-        literal(&format!("new {} record is outside your data scope", o.object))
+        literal(&format!(
+            "new {} record is outside your data scope",
+            o.object
+        ))
     )];
     if bulk_limited && values_rows.is_none() {
         conds.push(format!(
             "pgveil.assert_scope((SELECT count(*) FROM ({source_sql}) AS pgveil_n) <= {}, {})",
             r.bulk_threshold,
-            literal(&format!("bulk insert into {} is not allowed for your roles (bulk operations are off)", o.object))
+            literal(&format!(
+                "bulk insert into {} is not allowed for your roles (bulk operations are off)",
+                o.object
+            ))
         ));
     }
     let text = format!(

@@ -95,9 +95,12 @@ impl UpstreamTarget {
 
     /// Open a TCP (and maybe TLS) stream.
     pub async fn open_stream(&self) -> Result<UpStream, UpstreamError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| UpstreamError::Timeout)??;
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
         tcp.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Either::Left(tcp)),
@@ -118,33 +121,59 @@ impl UpstreamTarget {
     }
 
     /// Connect and complete startup with the given startup parameters.
-    pub async fn connect(&self, database: &str, params: &[(String, String)]) -> Result<UpstreamConn, UpstreamError> {
+    pub async fn connect(
+        &self,
+        database: &str,
+        params: &[(String, String)],
+    ) -> Result<UpstreamConn, UpstreamError> {
         let fut = self.connect_inner(database, params);
-        tokio::time::timeout(self.connect_timeout, fut).await.map_err(|_| UpstreamError::Timeout)?
+        tokio::time::timeout(self.connect_timeout, fut)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
-    async fn connect_inner(&self, database: &str, params: &[(String, String)]) -> Result<UpstreamConn, UpstreamError> {
+    async fn connect_inner(
+        &self,
+        database: &str,
+        params: &[(String, String)],
+    ) -> Result<UpstreamConn, UpstreamError> {
         let mut stream = self.open_stream().await?;
         let mut buf = BytesMut::new();
         let mut all: Vec<(&str, &str)> = vec![("user", self.user.as_str()), ("database", database)];
         all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        frontend::startup_message(all.into_iter(), &mut buf)?;
+        frontend::startup_message(all, &mut buf)?;
         stream.write_all(&buf).await?;
         let mut rd = BytesMut::with_capacity(8192);
         let mut scram: Option<ScramSha256> = None;
-        let mut out = UpstreamConn { stream, params: Vec::new(), pid: 0, secret: 0, leftover: BytesMut::new() };
+        let mut out = UpstreamConn {
+            stream,
+            params: Vec::new(),
+            pid: 0,
+            secret: 0,
+            leftover: BytesMut::new(),
+        };
         loop {
             let msg = next_message(&mut out.stream, &mut rd).await?;
             match msg {
                 Message::AuthenticationOk => {}
                 Message::AuthenticationCleartextPassword => {
                     let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
-                    send(&mut out.stream, |b| frontend::password_message(pw.as_bytes(), b)).await?;
+                    send(&mut out.stream, |b| {
+                        frontend::password_message(pw.as_bytes(), b)
+                    })
+                    .await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
                     let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
-                    let hash = postgres_protocol::authentication::md5_hash(self.user.as_bytes(), pw.as_bytes(), body.salt());
-                    send(&mut out.stream, |b| frontend::password_message(hash.as_bytes(), b)).await?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        self.user.as_bytes(),
+                        pw.as_bytes(),
+                        body.salt(),
+                    );
+                    send(&mut out.stream, |b| {
+                        frontend::password_message(hash.as_bytes(), b)
+                    })
+                    .await?;
                 }
                 Message::AuthenticationSasl(body) => {
                     let pw = self.password.as_deref().ok_or(UpstreamError::NoPassword)?;
@@ -157,7 +186,10 @@ impl UpstreamTarget {
                         return Err(UpstreamError::UnsupportedAuth);
                     }
                     let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                    send(&mut out.stream, |b| frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), b)).await?;
+                    send(&mut out.stream, |b| {
+                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), b)
+                    })
+                    .await?;
                     scram = Some(s);
                 }
                 Message::AuthenticationSaslContinue(body) => {
@@ -167,10 +199,14 @@ impl UpstreamTarget {
                     send(&mut out.stream, |b| frontend::sasl_response(&m, b)).await?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
-                    scram.as_mut().ok_or(UpstreamError::Unexpected)?.finish(body.data())?;
+                    scram
+                        .as_mut()
+                        .ok_or(UpstreamError::Unexpected)?
+                        .finish(body.data())?;
                 }
                 Message::ParameterStatus(body) => {
-                    out.params.push((body.name()?.to_owned(), body.value()?.to_owned()));
+                    out.params
+                        .push((body.name()?.to_owned(), body.value()?.to_owned()));
                 }
                 Message::BackendKeyData(body) => {
                     out.pid = body.process_id();
@@ -239,14 +275,22 @@ async fn next_message(s: &mut UpStream, rd: &mut BytesMut) -> Result<Message, Up
     }
 }
 
-fn tls_connector(cfg: &Config) -> Result<(TlsConnector, rustls::pki_types::ServerName<'static>), UpstreamError> {
+fn tls_connector(
+    cfg: &Config,
+) -> Result<(TlsConnector, rustls::pki_types::ServerName<'static>), UpstreamError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let ca = cfg.upstream.ca_file.as_ref().ok_or_else(|| UpstreamError::Tls("ca_file missing".into()))?;
+    let ca = cfg
+        .upstream
+        .ca_file
+        .as_ref()
+        .ok_or_else(|| UpstreamError::Tls("ca_file missing".into()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).map_err(|e| UpstreamError::Tls(e.to_string()))? {
         let cert = cert.map_err(|e| UpstreamError::Tls(e.to_string()))?;
-        roots.add(cert).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

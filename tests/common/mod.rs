@@ -19,11 +19,18 @@ impl Env {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
-        let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(&[])).await.unwrap().expect("start PostgreSQL");
+        let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(&[]))
+            .await
+            .unwrap()
+            .expect("start PostgreSQL");
         let mut cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
-        pgveil::demo::provision(&pg, &cfg).await.expect("provision demo");
+        pgveil::demo::provision(&pg, &cfg)
+            .await
+            .expect("provision demo");
         tweak(&mut cfg);
-        let running = pgveil::server::start(cfg.clone()).await.expect("start pgveil");
+        let running = pgveil::server::start(cfg.clone())
+            .await
+            .expect("start pgveil");
         Env { pg, cfg, running }
     }
 
@@ -41,7 +48,9 @@ impl Env {
 
     /// Connect through pgveil as a demo user.
     pub async fn connect(&self, user: &str) -> Client {
-        self.try_connect(user).await.unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+        self.try_connect(user)
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
     pub async fn try_connect(&self, user: &str) -> Result<Client, tokio_postgres::Error> {
@@ -50,22 +59,39 @@ impl Env {
 
     /// Connect directly to PostgreSQL as superuser (ground truth).
     pub async fn direct(&self) -> Client {
-        connect_str(&self.pg.conn_str("crm")).await.expect("direct connect")
+        connect_str(&self.pg.conn_str("crm"))
+            .await
+            .expect("direct connect")
     }
 
     /// Run psql through pgveil as `user`; returns (success, stdout, stderr).
     pub fn psql(&self, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use std::io::Write;
         let mut cmd = std::process::Command::new(self.pg.bin_dir().join("psql"));
-        cmd.args(["-X", "-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", user, "-d", "crm"])
-            .args(args)
-            .env("PGPASSWORD", pgveil::demo::password(user))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        cmd.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port().to_string(),
+            "-U",
+            user,
+            "-d",
+            "crm",
+        ])
+        .args(args)
+        .env("PGPASSWORD", pgveil::demo::password(user))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn psql");
         if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         } else {
             drop(child.stdin.take());
         }
@@ -88,10 +114,14 @@ pub async fn connect_str(s: &str) -> Result<Client, tokio_postgres::Error> {
 
 /// SQLSTATE of an error, as a string.
 pub fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 /// Message of a database error.
 pub fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
 }
