@@ -85,18 +85,7 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             ReadPass::run(cx, Mode::Rewrite, parameters)?;
             Ok(None)
         }
-        Statement::Prepare { statement, .. } => {
-            if !matches!(
-                statement.as_ref(),
-                Statement::Query(_)
-                    | Statement::Insert(_)
-                    | Statement::Update(_)
-                    | Statement::Delete(_)
-            ) {
-                return Err(denied_kind("PREPARE of this statement"));
-            }
-            enforce(cx, statement).map(|_| None)
-        }
+        Statement::Prepare { statement, .. } => enforce_inner(cx, statement, "PREPARE"),
         Statement::Explain { analyze: true, .. } => Err(ClientError::Denied {
             message: "permission denied: EXPLAIN ANALYZE is not allowed for restricted users"
                 .into(),
@@ -104,18 +93,7 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
                 "its row counts would reveal rows outside your data scope; use EXPLAIN".into(),
             ),
         }),
-        Statement::Explain { statement, .. } => {
-            if !matches!(
-                statement.as_ref(),
-                Statement::Query(_)
-                    | Statement::Insert(_)
-                    | Statement::Update(_)
-                    | Statement::Delete(_)
-            ) {
-                return Err(denied_kind("EXPLAIN of this statement"));
-            }
-            enforce(cx, statement).map(|_| None)
-        }
+        Statement::Explain { statement, .. } => enforce_inner(cx, statement, "EXPLAIN"),
         Statement::Copy {
             source, to, target, ..
         } => copy(cx, source, *to, target).map(|_| None),
@@ -138,6 +116,21 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             ),
             hint: None,
         }),
+    }
+}
+
+/// The statement inside PREPARE or EXPLAIN: queries and DML only, enforced like any other.
+fn enforce_inner(
+    cx: &Cx<'_>,
+    inner: &mut Statement,
+    outer: &str,
+) -> Result<Option<Wrap>, ClientError> {
+    match inner {
+        Statement::Query(_)
+        | Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_) => enforce(cx, inner).map(|_| None),
+        _ => Err(denied_kind(&format!("{outer} of this statement"))),
     }
 }
 
