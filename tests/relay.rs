@@ -443,3 +443,90 @@ async fn shutdown_lets_sessions_finish() {
     // new connections are refused
     assert!(env.try_connect("admin").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verify_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("pg.crt");
+    let key = dir.path().join("pg.key");
+    // a CA and a server certificate for localhost signed by it (webpki rejects self-signed leaves)
+    let d = dir.path();
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let steps: [Vec<String>; 3] = [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+            .split(' ').map(str::to_owned).collect(),
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout pg.key -out pg.csr".split(' ').map(str::to_owned).collect(),
+        "x509 -req -in pg.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out pg.crt -extfile ext.cnf"
+            .split(' ').map(str::to_owned).collect(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ca = d.join("ca.crt");
+    let _ = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&key)
+        .arg(&cert)
+        .status();
+    let _ = std::process::Command::new("chmod")
+        .args(["0600"])
+        .arg(&key)
+        .status();
+    let _ = std::process::Command::new("chmod")
+        .args(["0755"])
+        .arg(dir.path())
+        .status();
+    let conf = [
+        "ssl = on".to_owned(),
+        format!("ssl_cert_file = '{}'", cert.display()),
+        format!("ssl_key_file = '{}'", key.display()),
+    ];
+    let pg = tokio::task::spawn_blocking(move || {
+        let conf_refs: Vec<&str> = conf.iter().map(String::as_str).collect();
+        pgveil::embedded_pg::EmbeddedPg::start(&conf_refs)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let mut cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
+    pgveil::demo::provision(&pg, &cfg).await.unwrap();
+    cfg.upstream.host = "localhost".into();
+    cfg.upstream.tls = pgveil::config::UpstreamTls::VerifyFull;
+    cfg.upstream.ca_file = Some(ca);
+    let running = pgveil::server::start(cfg).await.unwrap();
+    let rita = common::connect_str(&format!(
+        "host=127.0.0.1 port={} user=rita password={} dbname=crm",
+        running.addr.port(),
+        pgveil::demo::password("rita")
+    ))
+    .await
+    .unwrap();
+    let n: i64 = rita
+        .query_one("SELECT count(*) FROM products", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 200);
+    // the upstream session really is TLS
+    let direct = common::connect_str(&pg.conn_str("crm")).await.unwrap();
+    let ssl: i64 = direct
+        .query_one("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'pgveil_service'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl >= 1);
+    running.shutdown().await;
+}
