@@ -440,3 +440,35 @@ async fn alter_user_password_through_pgveil() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_do_not_outlive_a_policy_change() {
+    let env = Env::start().await;
+    let rita = env.connect("rita").await;
+    let stmt = rita
+        .prepare("SELECT count(*) FROM customers")
+        .await
+        .unwrap();
+    let before: i64 = rita.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert!(before > 0);
+    let d = env.direct().await;
+    d.batch_execute("SELECT pgveil.revoke_role('rita', 'Sales Representative')")
+        .await
+        .unwrap();
+    eventually("prepared statement refused after revoke", || async {
+        matches!(rita.query_one(&stmt, &[]).await, Err(e) if code(&e) == "42501")
+    })
+    .await;
+    // an unchanged policy keeps prepared statements working (no spurious refusals)
+    let maria = env.connect("maria").await;
+    let s2 = maria
+        .prepare("SELECT count(*) FROM products")
+        .await
+        .unwrap();
+    d.batch_execute("SELECT pgveil.set_field('Telemarketer', 'customers', 'region', 'read_only')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = maria.query_one(&s2, &[]).await.unwrap().get(0);
+    assert_eq!(n, 200);
+}

@@ -79,6 +79,7 @@ where
 {
     let max = server.config.server.max_message_bytes;
     let mut out = BytesMut::with_capacity(8192);
+    let mut prepared = Prepared::default();
     loop {
         loop {
             let frame = match next_frame(&mut buf, max) {
@@ -91,7 +92,7 @@ where
                 }
             };
             let terminate = frame.tag == b'X';
-            handle_frame(frame, &ctx, &refusals, &mut out)?;
+            handle_frame(frame, &ctx, &refusals, &mut prepared, &mut out)?;
             if terminate {
                 up.write_all(&out).await?;
                 up.flush().await?;
@@ -113,6 +114,7 @@ fn handle_frame(
     frame: Frame,
     ctx: &EnforceCtx,
     refusals: &Refusals,
+    prepared: &mut Prepared,
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
     let decode_ctx = DecodeContext::default();
@@ -135,15 +137,41 @@ fn handle_frame(
             let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?
                 .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
+            let name = p.name.clone().unwrap_or_default();
             let sql = match ctx.enforce_prepared(&p.query) {
                 Verdict::PassThrough => {
+                    prepared.insert(name, p.query.clone(), p.query);
                     out.extend_from_slice(&frame.bytes);
                     return Ok(());
                 }
-                Verdict::Forward(sql) => sql,
-                Verdict::Refuse { error, .. } => refusals.statement_with(String::new(), error),
+                Verdict::Forward(sql) => {
+                    prepared.insert(name, p.query.clone(), sql.clone());
+                    sql
+                }
+                Verdict::Refuse { error, .. } => {
+                    prepared.remove(&name);
+                    refusals.statement_with(String::new(), error)
+                }
             };
             encode(&Parse::new(p.name, sql, p.type_oids), out)
+        }
+        b'B' => {
+            // A statement prepared under an older policy must not outlive it.
+            match prepared.recheck(&frame.bytes, ctx) {
+                Ok(()) => {
+                    out.extend_from_slice(&frame.bytes);
+                    Ok(())
+                }
+                Err(error) => encode(
+                    &Parse::new(None, refusals.statement_with(String::new(), error), vec![]),
+                    out,
+                ),
+            }
+        }
+        b'C' => {
+            prepared.closed(&frame.bytes);
+            out.extend_from_slice(&frame.bytes);
+            Ok(())
         }
         b'F' if ctx.is_restricted() => {
             // Fast-path function calls (large objects) bypass SQL: refuse for restricted users.
@@ -158,6 +186,62 @@ fn handle_frame(
         _ => {
             out.extend_from_slice(&frame.bytes);
             Ok(())
+        }
+    }
+}
+
+/// Statements prepared with the extended protocol: original SQL and what was sent upstream.
+#[derive(Default)]
+struct Prepared(std::collections::HashMap<String, (String, String)>);
+
+/// A NUL-terminated string at `pos`, and the position after it.
+fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
+    let rest = b.get(pos..)?;
+    let end = rest.iter().position(|&c| c == 0)?;
+    Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
+}
+
+impl Prepared {
+    fn insert(&mut self, name: String, original: String, sent: String) {
+        self.0.insert(name, (original, sent));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+
+    /// Close ('C'): forget a closed statement.
+    fn closed(&mut self, msg: &[u8]) {
+        if msg.get(5) == Some(&b'S') {
+            if let Some((name, _)) = cstr(msg, 6) {
+                self.0.remove(name);
+            }
+        }
+    }
+
+    /// Bind ('B'): the statement it uses must still enforce to exactly what was prepared.
+    fn recheck(&self, msg: &[u8], ctx: &EnforceCtx) -> Result<(), ClientError> {
+        let Some((_portal, next)) = cstr(msg, 5) else {
+            return Ok(());
+        };
+        let Some((stmt, _)) = cstr(msg, next) else {
+            return Ok(());
+        };
+        let Some((original, sent)) = self.0.get(stmt) else {
+            return Ok(());
+        };
+        let now = match ctx.enforce_prepared(original) {
+            Verdict::PassThrough => original.clone(),
+            Verdict::Forward(sql) => sql,
+            Verdict::Refuse { error, .. } => return Err(error),
+        };
+        if &now == sent {
+            Ok(())
+        } else {
+            Err(ClientError::Denied {
+                message: "your permissions changed since this statement was prepared".into(),
+                hint: Some("prepare the statement again".into()),
+            })
         }
     }
 }
