@@ -138,10 +138,11 @@ fn bench_rewrite(c: &mut Criterion) {
             .expect("demo user");
         for (name, sql) in QUERIES {
             let cx = Cx::new(&eff, &snap, &search_path, "crm", 64);
-            assert!(
-                matches!(enforce_text(&cx, sql, true), Verdict::Forward(_)),
-                "{user} {name}"
-            );
+            if !matches!(enforce_text(&cx, sql, true), Verdict::Forward(_)) {
+                // e.g. dana has no payments permission: a refusal is not the path measured here
+                assert_ne!(user, "maria", "{name}");
+                continue;
+            }
             c.bench_function(&format!("rewrite/{user}/{name}"), |b| {
                 b.iter(|| {
                     let cx = Cx::new(&eff, &snap, &search_path, "crm", 64);

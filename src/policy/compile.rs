@@ -24,6 +24,17 @@ pub struct Snapshot {
     objects_by_table: HashMap<(String, String), usize>,
     dept_children: HashMap<String, Vec<String>>,
     pub safe_functions: HashSet<String>,
+    /// assignment indices by user / by group; groups by member
+    assignments_by_user: HashMap<String, Vec<usize>>,
+    assignments_by_group: HashMap<String, Vec<usize>>,
+    groups_by_user: HashMap<String, Vec<String>>,
+    /// (role, object) → [(action, effect)]
+    permissions: HashMap<(String, String), Vec<(String, Effect)>>,
+    /// object → actions mentioned anywhere
+    object_actions: HashMap<String, BTreeSet<String>>,
+    scopes: HashMap<(String, String), Scope>,
+    /// (role, object) → column → (level, mask)
+    fields: HashMap<(String, String), HashMap<String, (FieldLevel, Mask)>>,
 }
 
 impl Snapshot {
@@ -67,7 +78,58 @@ impl Snapshot {
             .iter()
             .map(|s| s.to_lowercase())
             .collect();
+        let mut assignments_by_user: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut assignments_by_group: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, a) in catalog.assignments.iter().enumerate() {
+            if let Some(u) = &a.user {
+                assignments_by_user.entry(u.clone()).or_default().push(i);
+            }
+            if let Some(g) = &a.group {
+                assignments_by_group.entry(g.clone()).or_default().push(i);
+            }
+        }
+        let mut groups_by_user: HashMap<String, Vec<String>> = HashMap::new();
+        for g in &catalog.groups {
+            for m in &g.members {
+                groups_by_user
+                    .entry(m.clone())
+                    .or_default()
+                    .push(g.name.clone());
+            }
+        }
+        let mut permissions: HashMap<(String, String), Vec<(String, Effect)>> = HashMap::new();
+        let mut object_actions: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for p in &catalog.permissions {
+            permissions
+                .entry((p.role.clone(), p.object.clone()))
+                .or_default()
+                .push((p.action.clone(), p.effect));
+            object_actions
+                .entry(p.object.clone())
+                .or_default()
+                .insert(p.action.clone());
+        }
+        let scopes = catalog
+            .scopes
+            .iter()
+            .map(|s| ((s.role.clone(), s.object.clone()), s.scope))
+            .collect();
+        let mut fields: HashMap<(String, String), HashMap<String, (FieldLevel, Mask)>> =
+            HashMap::new();
+        for f in &catalog.fields {
+            fields
+                .entry((f.role.clone(), f.object.clone()))
+                .or_default()
+                .insert(f.column.clone(), (f.level, f.mask.unwrap_or_default()));
+        }
         Snapshot {
+            assignments_by_user,
+            assignments_by_group,
+            groups_by_user,
+            permissions,
+            object_actions,
+            scopes,
+            fields,
             generation,
             catalog,
             relations,
@@ -123,24 +185,23 @@ impl Snapshot {
         now: DateTime<Utc>,
         ip: Option<IpAddr>,
     ) -> Vec<usize> {
-        let groups: HashSet<&str> = self
-            .catalog
-            .groups
-            .iter()
-            .filter(|g| g.members.iter().any(|m| m == user))
-            .map(|g| g.name.as_str())
-            .collect();
-        self.catalog
-            .assignments
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| {
-                a.user.as_deref() == Some(user)
-                    || a.group.as_deref().is_some_and(|g| groups.contains(g))
+        let direct = self.assignments_by_user.get(user).into_iter().flatten();
+        let via_groups = self
+            .groups_by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .flat_map(|g| self.assignments_by_group.get(g).into_iter().flatten());
+        let mut out: Vec<usize> = direct
+            .chain(via_groups)
+            .copied()
+            .filter(|&i| {
+                assignment_inactive_reason(&self.catalog.assignments[i], now, ip).is_none()
             })
-            .filter(|(_, a)| assignment_inactive_reason(a, now, ip).is_none())
-            .map(|(i, _)| i)
-            .collect()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// A role and its ancestors, nearest first (cycle-safe).
@@ -404,9 +465,12 @@ fn chain_permission(
 ) -> Option<Effect> {
     let mut found = None;
     for role in chain {
-        for p in &snap.catalog.permissions {
-            if p.role == role.name && p.object == object && p.action == action {
-                if p.effect == Effect::Deny {
+        let perms = snap
+            .permissions
+            .get(&(role.name.clone(), object.to_owned()));
+        for (a, effect) in perms.into_iter().flatten() {
+            if a == action {
+                if *effect == Effect::Deny {
                     return Some(Effect::Deny);
                 }
                 found = Some(Effect::Allow);
@@ -418,11 +482,9 @@ fn chain_permission(
 
 fn chain_scope(snap: &Snapshot, chain: &[&Role], object: &str) -> Option<Scope> {
     chain.iter().find_map(|role| {
-        snap.catalog
-            .scopes
-            .iter()
-            .find(|s| s.role == role.name && s.object == object)
-            .map(|s| s.scope)
+        snap.scopes
+            .get(&(role.name.clone(), object.to_owned()))
+            .copied()
     })
 }
 
@@ -430,11 +492,10 @@ fn chain_field(snap: &Snapshot, chain: &[&Role], object: &str, column: &str) -> 
     chain
         .iter()
         .find_map(|role| {
-            snap.catalog
-                .fields
-                .iter()
-                .find(|f| f.role == role.name && f.object == object && f.column == column)
-                .map(|f| (f.level, f.mask.unwrap_or_default()))
+            snap.fields
+                .get(&(role.name.clone(), object.to_owned()))?
+                .get(column)
+                .copied()
         })
         .unwrap_or((FieldLevel::ReadWrite, Mask::Null))
 }
@@ -470,12 +531,13 @@ fn compile_object(
     let rel = snap.relations.get(&(obj.schema.clone(), obj.table.clone()));
     let mut actions = BTreeSet::new();
     let mut denied = BTreeSet::new();
+    let no_actions = BTreeSet::new();
     let all_actions: BTreeSet<&str> = snap
-        .catalog
-        .permissions
+        .object_actions
+        .get(&obj.name)
+        .unwrap_or(&no_actions)
         .iter()
-        .filter(|p| p.object == obj.name)
-        .map(|p| p.action.as_str())
+        .map(String::as_str)
         .collect();
     // per chain: granted actions and row predicate
     let per_chain: Vec<(BTreeSet<String>, RowPred, &Vec<&Role>)> = chains
