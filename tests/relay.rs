@@ -530,3 +530,32 @@ async fn upstream_tls_verify_full() {
     assert!(ssl >= 1);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_through_pgveil_in_every_protocol_mode() {
+    let env = Env::start().await;
+    let bin = env.pg.bin_dir().join("pgbench");
+    let port = env.port().to_string();
+    let pw = pgveil::demo::password("admin");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin"])
+            .args(args)
+            .arg("crm")
+            .env("PGPASSWORD", &pw)
+            .output()
+            .unwrap()
+    };
+    let init = run(&["-i", "-q", "-s", "1"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    for mode in ["simple", "extended", "prepared"] {
+        for workload in [&["-S"][..], &[][..]] {
+            let mut args = vec!["-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode];
+            args.extend_from_slice(workload);
+            let out = run(&args);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{mode} {workload:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.contains("number of transactions actually processed: 200/200"), "{text}");
+        }
+    }
+}
