@@ -472,3 +472,61 @@ async fn prepared_statements_do_not_outlive_a_policy_change() {
     let n: i64 = maria.query_one(&s2, &[]).await.unwrap().get(0);
     assert_eq!(n, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_through_pgveil_without_escalation() {
+    let env = Env::start().await;
+    let d = env.direct().await;
+    // maria: Manager (manage_users, manage_roles)
+    let maria = env.connect("maria").await;
+    maria
+        .batch_execute("SELECT pgveil.assign_role('sam', 'Telemarketer')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM pgveil.assignments WHERE user_name = 'sam' AND role = 'Telemarketer'").await.unwrap(),
+        1
+    );
+    for (sql, why) in [
+        (
+            "SELECT pgveil.assign_role('maria', 'CRM Administrator')",
+            "full access",
+        ),
+        ("SELECT pgveil.assign_role('sam', 'Owner')", "full access"),
+        (
+            "SELECT pgveil.set_scope('Staff', 'customers', 'all')",
+            "manage_policies",
+        ),
+        (
+            "SELECT pgveil.revoke_role('admin', 'CRM Administrator')",
+            "CRM Administrator",
+        ),
+        (
+            "SELECT pgveil.assign_role((SELECT 'sam'), 'Staff')",
+            "literals",
+        ),
+        ("SELECT pgveil.copy_roles('olivia', 'sam')", "full access"),
+    ] {
+        let e = maria.batch_execute(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42501", "{sql}");
+        assert!(
+            common::message(&e).contains(why),
+            "{sql}: {}",
+            common::message(&e)
+        );
+    }
+    // rita holds no management permission
+    let rita = env.connect("rita").await;
+    let e = rita
+        .batch_execute("SELECT pgveil.assign_role('rita', 'Manager')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // admin functions cannot be smuggled into ordinary queries
+    let e = maria
+        .batch_execute("SELECT pgveil.assign_role('sam', 'Staff') FROM customers")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert_eq!(count(&d, "SELECT count(*) FROM pgveil.assignments WHERE role IN ('CRM Administrator', 'Owner') AND user_name <> 'admin' AND user_name <> 'olivia'").await.unwrap(), 0);
+}

@@ -547,15 +547,26 @@ async fn pgbench_runs_through_pgveil_in_every_protocol_mode() {
             .unwrap()
     };
     let init = run(&["-i", "-q", "-s", "1"]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     for mode in ["simple", "extended", "prepared"] {
         for workload in [&["-S"][..], &[][..]] {
             let mut args = vec!["-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode];
             args.extend_from_slice(workload);
             let out = run(&args);
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{mode} {workload:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
-            assert!(text.contains("number of transactions actually processed: 200/200"), "{text}");
+            assert!(
+                out.status.success(),
+                "{mode} {workload:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("number of transactions actually processed: 200/200"),
+                "{text}"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 //! understood is refused for restricted users. Rewrites are cached in moka, keyed by the
 //! policy generation, the user's effective roles and the SQL text.
 
+mod admin;
 mod functions;
 mod password;
 mod policy_sql;
