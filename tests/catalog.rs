@@ -530,3 +530,43 @@ async fn management_through_pgveil_without_escalation() {
     assert_eq!(code(&e), "42501");
     assert_eq!(count(&d, "SELECT count(*) FROM pgveil.assignments WHERE role IN ('CRM Administrator', 'Owner') AND user_name <> 'admin' AND user_name <> 'olivia'").await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segregation_of_duties_audit_trail_and_idempotent_init() {
+    let env = Env::start().await;
+    let d = env.direct().await;
+    d.batch_execute(
+        "INSERT INTO pgveil.role_conflicts (role_a, role_b, reason) VALUES ('Shipping Personnel', 'Customer Service Rep', 'ships what it sells')",
+    )
+    .await
+    .unwrap();
+    // carl holds Customer Service Rep through the service-desk group
+    let e = d
+        .batch_execute("SELECT pgveil.assign_role('carl', 'Shipping Personnel')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23514", "{e}");
+    assert!(common::message(&e).contains("segregation of duties"));
+    d.batch_execute("SELECT pgveil.assign_role('sam', 'Shipping Personnel')")
+        .await
+        .unwrap();
+    // every change is audited, without password verifiers
+    let n = count(&d, "SELECT count(*) FROM pgveil.audit_log WHERE table_name = 'assignments' AND new_row->>'user_name' = 'sam' AND new_row->>'role' = 'Shipping Personnel'").await.unwrap();
+    assert_eq!(n, 1);
+    let leaked = count(&d, "SELECT count(*) FROM pgveil.audit_log WHERE new_row ? 'password_verifier' OR old_row ? 'password_verifier'").await.unwrap();
+    assert_eq!(leaked, 0);
+    // init is idempotent and versioned
+    let mut c = pgveil::control::connect(&env.cfg, "crm", None)
+        .await
+        .unwrap();
+    assert!(pgveil::policy::migrate::migrate(&mut c)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        count(&d, "SELECT max(version)::bigint FROM pgveil.schema_version")
+            .await
+            .unwrap(),
+        2
+    );
+}

@@ -102,6 +102,8 @@ pub fn normalise(mut c: Catalog) -> Catalog {
         .sort_by(|a, b| (&a.role, &a.object, &a.column).cmp(&(&b.role, &b.object, &b.column)));
     c.assignments.sort_by_key(|a| format!("{a:?}"));
     c.safe_functions.sort();
+    c.role_conflicts
+        .sort_by(|a, b| (&a.role_a, &a.role_b).cmp(&(&b.role_a, &b.role_b)));
     c
 }
 
@@ -199,6 +201,13 @@ pub fn diff(current: &Catalog, wanted: &Catalog) -> Vec<String> {
         |a| serde_json::to_string(a).unwrap_or_default(),
         &mut out,
     );
+    section(
+        "role_conflict",
+        &current.role_conflicts,
+        &wanted.role_conflicts,
+        |c| format!("{}/{}", c.role_a, c.role_b),
+        &mut out,
+    );
     let cur_f: Vec<&String> = current.safe_functions.iter().collect();
     let want_f: Vec<&String> = wanted.safe_functions.iter().collect();
     section("safe_function", &cur_f, &want_f, |f| (*f).clone(), &mut out);
@@ -213,6 +222,7 @@ pub async fn apply(client: &mut Client, c: &Catalog) -> Result<(), tokio_postgre
          DELETE FROM pgveil.assignments; DELETE FROM pgveil.field_permissions; DELETE FROM pgveil.data_scopes;
          DELETE FROM pgveil.permissions; DELETE FROM pgveil.role_system_permissions;
          DELETE FROM pgveil.group_members; DELETE FROM pgveil.user_teams; DELETE FROM pgveil.safe_functions;
+         DELETE FROM pgveil.role_conflicts;
          UPDATE pgveil.objects SET parent_object = NULL, parent_column = NULL;
          UPDATE pgveil.users SET primary_role = NULL;
          UPDATE pgveil.roles SET parent_role = NULL;
@@ -376,6 +386,14 @@ pub async fn apply(client: &mut Client, c: &Catalog) -> Result<(), tokio_postgre
         tx.execute(
             "UPDATE pgveil.users SET primary_role = $2 WHERE name = $1",
             &[&u.name, &u.primary_role],
+        )
+        .await?;
+    }
+    // conflicts first: conflicting assignments in the same file are refused
+    for rc in &c.role_conflicts {
+        tx.execute(
+            "INSERT INTO pgveil.role_conflicts (role_a, role_b, reason) VALUES ($1, $2, $3)",
+            &[&rc.role_a, &rc.role_b, &rc.reason],
         )
         .await?;
     }

@@ -249,6 +249,19 @@ async fn load_in_tx(c: &Client) -> Result<Catalog, LoadError> {
         });
     }
     for r in c
+        .query(
+            "SELECT role_a, role_b, reason FROM pgveil.role_conflicts ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+    {
+        cat.role_conflicts.push(RoleConflict {
+            role_a: r.get(0),
+            role_b: r.get(1),
+            reason: r.get(2),
+        });
+    }
+    for r in c
         .query("SELECT name FROM pgveil.safe_functions ORDER BY name", &[])
         .await?
     {

@@ -3,7 +3,10 @@
 use tokio_postgres::Client;
 
 /// Ordered migrations; never edit a released one, append a new version.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("catalog_v1.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("catalog_v1.sql")),
+    (2, include_str!("catalog_v2.sql")),
+];
 
 /// Apply pending migrations under an advisory lock; returns the versions applied.
 pub async fn migrate(c: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {

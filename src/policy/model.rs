@@ -321,6 +321,16 @@ pub struct Relation {
     pub columns: Vec<Column>,
 }
 
+/// Two roles one user must never hold together (segregation of duties).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConflict {
+    pub role_a: String,
+    pub role_b: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
 /// Everything pgveil knows about policy: loaded in one consistent read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +357,8 @@ pub struct Catalog {
     pub assignments: Vec<Assignment>,
     #[serde(default)]
     pub safe_functions: Vec<String>,
+    #[serde(default)]
+    pub role_conflicts: Vec<RoleConflict>,
 }
 
 /// Relations of the upstream database keyed by (schema, name).
