@@ -514,3 +514,54 @@ async fn error_oracle_does_not_reveal_out_of_scope_rows() {
         assert!(r.is_ok(), "ORACLE: {sql} raised {:?}", r.err());
     }
 }
+
+/// Reads hidden inside writes: UPDATE … FROM, DELETE … USING, INSERT … SELECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_inside_writes_are_scoped() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let rita = env.connect("rita").await;
+    let before = scalar(&direct, "SELECT count(*) FROM customers").await;
+    // copying someone else's customers via INSERT … SELECT: the source only sees her rows
+    let n = rita
+        .execute("INSERT INTO customers (name, department) SELECT name, department FROM customers WHERE owner = 'sam'", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM customers").await,
+        before
+    );
+    // UPDATE … FROM another user's customers touches nothing
+    let n = rita
+        .execute("UPDATE orders SET status = 'hijacked' FROM customers c WHERE c.owner = 'sam' AND orders.customer_id = c.id", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM orders WHERE status = 'hijacked'"
+        )
+        .await,
+        0
+    );
+    // maria may delete orders, but only in her scope, even with USING another table
+    let maria = env.connect("maria").await;
+    let service_orders = scalar(
+        &direct,
+        "SELECT count(*) FROM orders WHERE department = 'service'",
+    )
+    .await;
+    let _ = maria
+        .execute("DELETE FROM orders USING customers c WHERE c.department = 'service' AND orders.customer_id = c.id", &[])
+        .await;
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM orders WHERE department = 'service'"
+        )
+        .await,
+        service_orders
+    );
+}

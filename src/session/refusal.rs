@@ -38,6 +38,8 @@ impl Refusals {
 
     /// Register `error` and return SQL that runs `prefix` (already checked) then fails with it.
     pub fn statement_with(&self, prefix: String, error: ClientError) -> String {
+        // Unauthorised attempts are logged (in the session span: user, client); SQL text is not.
+        tracing::warn!(sqlstate = error.sqlstate(), reason = %error, "statement refused");
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.pending.lock() {
             if p.len() >= MAX_PENDING {
