@@ -513,6 +513,25 @@ async fn error_oracle_does_not_reveal_out_of_scope_rows() {
         let r = rita.simple_query(&sql).await;
         assert!(r.is_ok(), "ORACLE: {sql} raised {:?}", r.err());
     }
+    // a costlier scope qual (department IN-list) must still be evaluated first
+    let svc: i32 = direct
+        .query_one(
+            "SELECT min(id) FROM customers WHERE department = 'service'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let maria = env.connect("maria").await;
+    for sql in [
+        format!("SELECT count(*) FROM customers WHERE 1 / (id - {svc}) > -100"),
+        format!("SELECT count(*) FROM customers WHERE (id - {svc}) / (id - {svc}) = 1"),
+        format!("SELECT count(*) FROM orders WHERE customer_id / (customer_id - {svc}) >= 0"),
+        format!("SELECT count(*) FROM customers WHERE credit_limit / (id - {svc}) >= 0"),
+    ] {
+        let r = maria.simple_query(&sql).await;
+        assert!(r.is_ok(), "ORACLE: {sql} raised {:?}", r.err());
+    }
 }
 
 /// Reads hidden inside writes: UPDATE … FROM, DELETE … USING, INSERT … SELECT.

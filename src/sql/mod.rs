@@ -393,6 +393,15 @@ pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
     Verdict::Forward(done.join(";\n"))
 }
 
+/// A stable, non-reversible fingerprint of SQL text for logs.
+fn fingerprint(sql: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, sql.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Cache of rewrites: keyed by everything a rewrite depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RewriteKey {
@@ -525,6 +534,13 @@ impl EnforceCtx {
         };
         if eff.unrestricted {
             return Verdict::PassThrough;
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if cfg.log.log_sql {
+                tracing::debug!(sql, prepared, "statement");
+            } else {
+                tracing::debug!(fingerprint = %fingerprint(sql), prepared, "statement");
+            }
         }
         if sql.len() > cfg.server.max_query_bytes {
             return Verdict::Refuse {
