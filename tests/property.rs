@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use pgveil::policy::PolicyStore;
-use pgveil::sql::{enforce_text, policy_query_texts, Cx, Verdict};
+use pgveil::sql::{enforce_text, policy_query_texts, Cx, Limits, RewriteCache, Verdict};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlparser::ast::{Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -162,6 +162,13 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
     let path = vec!["public".to_owned()];
     let mut rng = StdRng::seed_from_u64(0x9e37_79b9);
     let mut forwarded = 0;
+    let mut same_via_template = 0usize;
+    let cache = RewriteCache::new(10_000);
+    let limits = Limits {
+        search_path: &path,
+        database: "crm",
+        max_depth: 64,
+    };
     for user in ["rita", "tom", "dana", "sid", "carl", "gina"] {
         let eff = store
             .effective_in(&snap, user, chrono::Utc::now(), None)
@@ -173,52 +180,82 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
                 sql = mutate(&mut rng, &sql);
             }
             let cx = Cx::new(&eff, &snap, &path, "crm", 64);
-            let verdict = enforce_text(&cx, &sql, i % 2 == 0);
+            let prepared = i % 2 == 0;
+            let verdict = enforce_text(&cx, &sql, prepared);
+            if !prepared {
+                // the simple-protocol path caches by literal-free template
+                if let Verdict::Forward(c) = cache.enforce_simple(&limits, &snap, &eff, &sql) {
+                    let a = Parser::parse_sql(&PostgreSqlDialect {}, &c)
+                        .unwrap_or_else(|e| panic!("{sql}\n→ {c}\n{e}"));
+                    check_all(&a, &policies, &protected, &sql, &c, user);
+                    let Verdict::Forward(full) = &verdict else {
+                        panic!("template path allowed what the full path refuses: {sql}\n→ {c}");
+                    };
+                    let b = Parser::parse_sql(&PostgreSqlDialect {}, full).unwrap();
+                    same_via_template += usize::from(a == b);
+                }
+            }
             let Verdict::Forward(out) = verdict else {
                 continue;
             };
             forwarded += 1;
             let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &out)
                 .unwrap_or_else(|e| panic!("{sql}\n→ {out}\n{e}"));
-            for s in stmts {
-                let mut c = Check {
-                    policies: &policies,
-                    protected: &protected,
-                    trusted: vec![],
-                    violation: None,
-                };
-                // DML targets are not reads: check every other part of the statement.
-                let _ = match &s {
-                    Statement::Update(u) => {
-                        let _ = u.from.visit(&mut c);
-                        let _ = u.assignments.visit(&mut c);
-                        let _ = u.selection.visit(&mut c);
-                        u.returning.visit(&mut c)
-                    }
-                    Statement::Delete(d) => {
-                        let _ = d.using.visit(&mut c);
-                        let _ = d.selection.visit(&mut c);
-                        d.returning.visit(&mut c)
-                    }
-                    Statement::Insert(i) => {
-                        let _ = i.source.visit(&mut c);
-                        let _ = i.on.visit(&mut c);
-                        i.returning.visit(&mut c)
-                    }
-                    other => other.visit(&mut c),
-                };
-                assert!(
-                    c.violation.is_none(),
-                    "ESCAPE for {user}: {sql}\n→ {out}\nraw {:?}",
-                    c.violation
-                );
-            }
+            check_all(&stmts, &policies, &protected, &sql, &out, user);
         }
     }
     assert!(
         forwarded > 500,
         "the grammar should produce many allowed statements ({forwarded})"
     );
+    assert!(
+        same_via_template > 100,
+        "the template path should give the full path's statements ({same_via_template})"
+    );
+}
+
+/// Run the independent checker over every statement.
+fn check_all(
+    stmts: &[Statement],
+    policies: &[String],
+    protected: &[&str],
+    sql: &str,
+    out: &str,
+    user: &str,
+) {
+    for s in stmts {
+        let mut c = Check {
+            policies,
+            protected,
+            trusted: vec![],
+            violation: None,
+        };
+        // DML targets are not reads: check every other part of the statement.
+        let _ = match s {
+            Statement::Update(u) => {
+                let _ = u.from.visit(&mut c);
+                let _ = u.assignments.visit(&mut c);
+                let _ = u.selection.visit(&mut c);
+                u.returning.visit(&mut c)
+            }
+            Statement::Delete(d) => {
+                let _ = d.using.visit(&mut c);
+                let _ = d.selection.visit(&mut c);
+                d.returning.visit(&mut c)
+            }
+            Statement::Insert(i) => {
+                let _ = i.source.visit(&mut c);
+                let _ = i.on.visit(&mut c);
+                i.returning.visit(&mut c)
+            }
+            other => other.visit(&mut c),
+        };
+        assert!(
+            c.violation.is_none(),
+            "ESCAPE for {user}: {sql}\n→ {out}\nraw {:?}",
+            c.violation
+        );
+    }
 }
 
 fn bench_relations() -> pgveil::policy::model::RelationMap {

@@ -5,6 +5,7 @@
 
 mod admin;
 mod functions;
+mod normalize;
 mod password;
 mod policy_sql;
 mod read;
@@ -441,6 +442,26 @@ impl RewriteCache {
         self.1 .0.invalidate_all();
     }
 
+    /// Enforce `sql` for `eff`, using the cache; simple-protocol texts are cached by their
+    /// literal-free template (see `normalize`).
+    pub fn enforce_simple(
+        &self,
+        limits: &Limits<'_>,
+        snap: &Snapshot,
+        eff: &Effective,
+        sql: &str,
+    ) -> Verdict {
+        if let Some(n) = normalize::normalize(sql) {
+            if let Verdict::Forward(template) = self.enforce(limits, snap, eff, &n.template, false)
+            {
+                if let Some(text) = normalize::denormalize(&n, &template) {
+                    return Verdict::Forward(text);
+                }
+            }
+        }
+        self.enforce(limits, snap, eff, sql, false)
+    }
+
     /// Enforce `sql` for `eff` (computed from `snap`), using the cache.
     pub fn enforce(
         &self,
@@ -557,8 +578,14 @@ impl EnforceCtx {
             database: &cfg.upstream.database,
             max_depth: cfg.server.max_sql_depth,
         };
-        self.server
-            .rewrites
-            .enforce(&limits, &snap, &eff, sql, prepared)
+        if prepared {
+            self.server
+                .rewrites
+                .enforce(&limits, &snap, &eff, sql, true)
+        } else {
+            self.server
+                .rewrites
+                .enforce_simple(&limits, &snap, &eff, sql)
+        }
     }
 }
