@@ -185,13 +185,7 @@ async fn view_without_list_deny_max_rows_and_export() {
     );
     // export: maria may export customers (COPY returns only her scope)
     let maria = env.connect("maria").await;
-    use futures::StreamExt;
-    let s = maria.copy_out("COPY customers TO STDOUT").await.unwrap();
-    futures::pin_mut!(s);
-    let mut bytes = Vec::new();
-    while let Some(c) = s.next().await {
-        bytes.extend_from_slice(&c.unwrap());
-    }
+    let bytes = common::copy_out_bytes(&maria, "COPY customers TO STDOUT").await;
     let lines = bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -179,24 +179,14 @@ async fn protocol_features_pass_through() {
         (1, 2, 3)
     );
     // COPY out in text, csv and binary: byte-identical to direct
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     for q in [
         "COPY (SELECT * FROM orders ORDER BY id LIMIT 500) TO STDOUT",
         "COPY (SELECT * FROM orders ORDER BY id LIMIT 500) TO STDOUT (FORMAT csv, HEADER)",
         "COPY (SELECT * FROM orders ORDER BY id LIMIT 500) TO STDOUT (FORMAT binary)",
     ] {
-        let mut a = Vec::new();
-        let s = admin.copy_out(q).await.unwrap();
-        futures::pin_mut!(s);
-        while let Some(chunk) = s.next().await {
-            a.extend_from_slice(&chunk.unwrap());
-        }
-        let mut d = Vec::new();
-        let s = direct.copy_out(q).await.unwrap();
-        futures::pin_mut!(s);
-        while let Some(chunk) = s.next().await {
-            d.extend_from_slice(&chunk.unwrap());
-        }
+        let a = common::copy_out_bytes(&admin, q).await;
+        let d = common::copy_out_bytes(&direct, q).await;
         assert_eq!(a, d, "{q}");
     }
     // COPY in

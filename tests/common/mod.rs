@@ -125,3 +125,18 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         .map(|d| d.message().to_owned())
         .unwrap_or_else(|| e.to_string())
 }
+
+/// All bytes of a `COPY … TO STDOUT`.
+pub async fn copy_out_bytes(c: &Client, sql: &str) -> Vec<u8> {
+    use futures::StreamExt;
+    let s = c
+        .copy_out(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    futures::pin_mut!(s);
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
