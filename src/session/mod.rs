@@ -43,13 +43,7 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
     let refusals = Arc::new(Refusals::new());
     let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
     let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
-    let to_client = upstream_to_client(
-        up_rd,
-        upstream.leftover,
-        client_wr,
-        refusals,
-        server.clone(),
-    );
+    let to_client = upstream_to_client(up_rd, upstream.leftover, client_wr, refusals);
     tokio::select! {
         r = to_upstream => if let Err(e) = r { tracing::debug!(error = %e, "client side ended") },
         r = to_client => if let Err(e) = r { tracing::debug!(error = %e, "upstream side ended") },
@@ -256,13 +250,11 @@ async fn upstream_to_client<R, W>(
     mut buf: BytesMut,
     mut client: W,
     refusals: Arc<Refusals>,
-    server: Arc<Server>,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let _ = &server;
     let mut passthrough: usize = 0;
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -308,7 +300,8 @@ where
                 out = BytesMut::with_capacity(64 * 1024);
             }
         }
-        if buf.capacity() - buf.len() < 8192 && buf.is_empty() && buf.capacity() > 1 << 20 {
+        if buf.is_empty() && buf.capacity() > 1 << 20 {
+            // release the memory of a large error message once it has been relayed
             buf = BytesMut::with_capacity(64 * 1024);
         }
         buf.reserve(8192);
