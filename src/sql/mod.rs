@@ -413,6 +413,18 @@ struct RewriteKey {
     sql: String,
 }
 
+impl RewriteKey {
+    fn new(snap: &Snapshot, eff: &Effective, sql: &str, prepared: bool) -> Self {
+        RewriteKey {
+            generation: snap.generation,
+            user: eff.user.clone(),
+            roles: eff.roles.clone(),
+            prepared,
+            sql: sql.to_owned(),
+        }
+    }
+}
+
 /// Parsed policy subqueries (and the generated queries they trust), per generation, user,
 /// roles and object.
 type MemoKey = (u64, String, Vec<String>, String);
@@ -427,19 +439,26 @@ impl PolicyMemo {
     }
 }
 
-/// moka cache of verdicts for restricted users.
-pub struct RewriteCache(moka::sync::Cache<RewriteKey, Arc<Verdict>>, PolicyMemo);
+/// moka caches of verdicts for restricted users.
+pub struct RewriteCache {
+    verdicts: moka::sync::Cache<RewriteKey, Arc<Verdict>>,
+    /// Simple-protocol templates, cut at their placeholders (None: enforce the full text).
+    templates: moka::sync::Cache<RewriteKey, Option<Arc<normalize::Splice>>>,
+    memo: PolicyMemo,
+}
 
 impl RewriteCache {
     pub fn new(capacity: u64) -> Self {
-        RewriteCache(
-            moka::sync::Cache::new(capacity),
-            PolicyMemo::new(capacity / 10 + 100),
-        )
+        RewriteCache {
+            verdicts: moka::sync::Cache::new(capacity),
+            templates: moka::sync::Cache::new(capacity),
+            memo: PolicyMemo::new(capacity / 10 + 100),
+        }
     }
     pub fn invalidate_all(&self) {
-        self.0.invalidate_all();
-        self.1 .0.invalidate_all();
+        self.verdicts.invalidate_all();
+        self.templates.invalidate_all();
+        self.memo.0.invalidate_all();
     }
 
     /// Enforce `sql` for `eff`, using the cache; simple-protocol texts are cached by their
@@ -452,11 +471,15 @@ impl RewriteCache {
         sql: &str,
     ) -> Verdict {
         if let Some(n) = normalize::normalize(sql) {
-            if let Verdict::Forward(template) = self.enforce(limits, snap, eff, &n.template, false)
-            {
-                if let Some(text) = normalize::denormalize(&n, &template) {
-                    return Verdict::Forward(text);
+            let key = RewriteKey::new(snap, eff, &n.template, false);
+            let splice = self.templates.get_with_by_ref(&key, || {
+                match self.enforce(limits, snap, eff, &n.template, false) {
+                    Verdict::Forward(template) => normalize::splice(&template).map(Arc::new),
+                    _ => None,
                 }
+            });
+            if let Some(text) = splice.and_then(|s| s.fill(&n)) {
+                return Verdict::Forward(text);
             }
         }
         self.enforce(limits, snap, eff, sql, false)
@@ -471,14 +494,8 @@ impl RewriteCache {
         sql: &str,
         prepared: bool,
     ) -> Verdict {
-        let key = RewriteKey {
-            generation: snap.generation,
-            user: eff.user.clone(),
-            roles: eff.roles.clone(),
-            prepared,
-            sql: sql.to_owned(),
-        };
-        let verdict = self.0.get_with_by_ref(&key, || {
+        let key = RewriteKey::new(snap, eff, sql, prepared);
+        let verdict = self.verdicts.get_with_by_ref(&key, || {
             let cx = Cx::new(
                 eff,
                 snap,
@@ -486,7 +503,7 @@ impl RewriteCache {
                 limits.database,
                 limits.max_depth,
             )
-            .with_memo(&self.1);
+            .with_memo(&self.memo);
             Arc::new(enforce_text(&cx, sql, prepared))
         });
         (*verdict).clone()

@@ -1,8 +1,10 @@
 //! Literal normalisation for the rewrite cache. Applications that inline literals (psql,
 //! psycopg2, PHP) send a new SQL text for every statement; pgveil enforces the *template*
 //! (literals replaced by `$n`) once, re-checks it like any rewrite, caches it, and then puts
-//! the literals back token for token, each one re-quoted by pgveil (E'' for backslashes), so
-//! the statement's structure is exactly the verified template's. Anything unusual (existing
+//! the literals back, each one re-quoted by pgveil (E'' for backslashes). The enforced template
+//! is cut at its placeholders once (`splice`); a placeholder is only cut where the characters
+//! around it end every token, so each literal lexes as exactly one token and the statement's
+//! structure is exactly the verified template's. Anything unusual (existing
 //! placeholders, a template pgveil would refuse) falls back to enforcing the original text.
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -41,48 +43,65 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     (!literals.is_empty()).then_some(Normalized { template, literals })
 }
 
-/// Put the literals back into an enforced template. Every `$n` placeholder token is replaced
-/// by literal n; any other token is kept. None if the template does not tokenize.
-pub fn denormalize(n: &Normalized, enforced: &str) -> Option<String> {
+/// An enforced template cut at its placeholders, computed once per cached template, so that
+/// putting literals back is plain concatenation.
+#[derive(Debug)]
+pub struct Splice {
+    /// Text before each placeholder and the (0-based) literal that replaces it.
+    parts: Vec<(String, usize)>,
+    tail: String,
+}
+
+/// Characters that end any token before a placeholder, and that no pgveil literal (an
+/// unsigned number, `'…'` or `E'…'`) can continue after it. A literal between two of them
+/// lexes as exactly one token, so the text keeps the verified template's structure.
+const SAFE_BEFORE: &[char] = &[' ', '(', ',', '['];
+const SAFE_AFTER: &[char] = &[' ', ')', ',', ']', ';', ':'];
+
+/// Cut `enforced` at its placeholders. None if it does not tokenize or if a placeholder sits
+/// next to a character a literal could merge with (the caller then enforces the full text).
+pub fn splice(enforced: &str) -> Option<Splice> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, enforced)
         .tokenize()
         .ok()?;
-    let mut out = String::with_capacity(enforced.len() + 64);
+    let mut parts = Vec::new();
+    let mut text = String::with_capacity(enforced.len());
+    let mut after_placeholder = false;
     for t in &tokens {
+        let printed = t.to_string();
+        if after_placeholder && !printed.starts_with(SAFE_AFTER) {
+            return None;
+        }
+        after_placeholder = false;
         match t {
             Token::Placeholder(p) => {
                 let i: usize = p.strip_prefix('$')?.parse().ok()?;
-                out.push_str(n.literals.get(i.checked_sub(1)?)?);
+                if !text.ends_with(SAFE_BEFORE) {
+                    return None;
+                }
+                parts.push((std::mem::take(&mut text), i.checked_sub(1)?));
+                after_placeholder = true;
             }
-            other => out.push_str(&other.to_string()),
+            _ => text.push_str(&printed),
         }
     }
-    same_structure(&tokens, &out).then_some(out)
+    Some(Splice { parts, tail: text })
 }
 
-/// The final text must tokenize exactly like the verified template, with a literal exactly
-/// where the template has a placeholder (the printer is not trusted, not even for tokens).
-fn same_structure(template: &[Token], text: &str) -> bool {
-    let Ok(final_tokens) = Tokenizer::new(&PostgreSqlDialect {}, text).tokenize() else {
-        return false;
-    };
-    let significant = |ts: &[Token]| -> Vec<Token> {
-        ts.iter()
-            .filter(|t| !matches!(t, Token::Whitespace(_)))
-            .cloned()
-            .collect()
-    };
-    let (a, b) = (significant(template), significant(&final_tokens));
-    a.len() == b.len()
-        && a.iter().zip(&b).all(|(t, f)| match t {
-            Token::Placeholder(_) => matches!(
-                f,
-                Token::Number(_, false)
-                    | Token::SingleQuotedString(_)
-                    | Token::EscapedStringLiteral(_)
-            ),
-            other => other == f,
-        })
+impl Splice {
+    /// The enforced template with the statement's literals back in place. None if the
+    /// template refers to a literal the statement does not have.
+    pub fn fill(&self, n: &Normalized) -> Option<String> {
+        let mut out = String::with_capacity(
+            self.tail.len() + self.parts.iter().map(|(t, _)| t.len() + 16).sum::<usize>(),
+        );
+        for (text, i) in &self.parts {
+            out.push_str(text);
+            out.push_str(n.literals.get(*i)?);
+        }
+        out.push_str(&self.tail);
+        Some(out)
+    }
 }
 
 #[cfg(test)]
@@ -96,15 +115,19 @@ mod tests {
             n.template,
             "SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3"
         );
-        let back = denormalize(
-            &n,
+        let back = splice(
             "SELECT * FROM (SELECT a FROM t WHERE o = 'r') AS t WHERE a = $1 AND b = $2 AND c = $3",
         )
+        .and_then(|s| s.fill(&n))
         .unwrap();
         assert_eq!(back, "SELECT * FROM (SELECT a FROM t WHERE o = 'r') AS t WHERE a = 5 AND b = 'x''y' AND c = E'q\\\\'");
         assert!(normalize("SELECT $1").is_none());
         assert!(normalize("SELECT a FROM t").is_none());
         // a placeholder the template does not have is refused
-        assert!(denormalize(&n, "SELECT $9").is_none());
+        assert!(splice("SELECT $9").and_then(|s| s.fill(&n)).is_none());
+        // a placeholder a literal could merge with is not spliced
+        assert!(splice("SELECT x.$1").is_none());
+        assert!(splice("SELECT E$1").is_none() || splice("SELECT E$1").unwrap().parts.is_empty());
+        assert!(splice("SELECT $1x").is_none() || splice("SELECT $1x").unwrap().parts.is_empty());
     }
 }
