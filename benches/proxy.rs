@@ -4,6 +4,8 @@
 //!
 //! Run: cargo bench --bench proxy            (PGVEIL_BENCH_SECONDS=10 by default)
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::path::Path;
 use std::process::Command;
 

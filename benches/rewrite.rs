@@ -2,6 +2,8 @@
 //! cached path, and policy compilation at scale (10,000 users, 200 roles, 300 tables).
 //! Run: cargo bench --bench rewrite
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

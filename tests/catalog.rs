@@ -1,5 +1,7 @@
 //! Issue 3: the catalog rejects bad policy, reloads live, round-trips as a file, explains
 //! itself; several pgveil instances converge; temporary roles expire inside a session.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,4 +1,6 @@
 //! Issue 2: the relay is faithful for an unrestricted user; auth and sessions behave.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
 use common::{code, Env};
