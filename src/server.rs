@@ -182,6 +182,10 @@ impl Server {
     }
 
     fn spawn_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+        // Replies are written whole; Nagle would only hold back the tail of large results.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let permit = self.sessions.clone().try_acquire_owned().ok();
         let span = tracing::info_span!("session", client = %addr, user = tracing::field::Empty, app = tracing::field::Empty);
         let server = self.clone();

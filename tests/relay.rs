@@ -254,13 +254,28 @@ async fn notify_reaches_an_idle_client_and_cancel_works() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_answers_53300() {
-    let env = Env::start_with(|c| c.server.max_connections = 2).await;
-    let _a = env.connect("admin").await;
-    let _b = env.connect("rita").await;
+async fn connection_limit_and_oversized_messages() {
+    let env = Env::start_with(|c| {
+        c.server.max_connections = 2;
+        c.server.max_message_bytes = 4096;
+        c.server.max_query_bytes = 1024;
+    })
+    .await;
+    let a = env.connect("admin").await;
+    let b = env.connect("rita").await;
     let e = env.try_connect("maria").await.unwrap_err();
     assert_eq!(code(&e), "53300");
-    drop(_a);
+    // an oversized message after login: FATAL 08P01 for that session only
+    let huge = format!("SELECT '{}'", "x".repeat(10_000));
+    let e = a.simple_query(&huge).await.unwrap_err();
+    assert_eq!(code(&e), "08P01", "{e}");
+    let msg = e.as_db_error().map(|d| d.message().to_owned());
+    assert!(msg.unwrap().contains("exceeds the limit"), "{e:?}");
+    assert!(a.simple_query("SELECT 1").await.is_err(), "session ended");
+    assert!(
+        b.simple_query("SELECT 1").await.is_ok(),
+        "other sessions unaffected"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     env.connect("maria").await;
 }

@@ -38,15 +38,29 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
         upstream,
         ..
     } = started;
-    let (client_rd, client_wr) = tokio::io::split(io);
+    let (client_rd, mut client_wr) = tokio::io::split(io);
     let (up_rd, up_wr) = tokio::io::split(upstream.stream);
     let refusals = Arc::new(Refusals::new());
     let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
-    let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
-    let to_client = upstream_to_client(up_rd, upstream.leftover, client_wr, refusals);
-    tokio::select! {
-        r = to_upstream => if let Err(e) = r { tracing::debug!(error = %e, "client side ended") },
-        r = to_client => if let Err(e) = r { tracing::debug!(error = %e, "upstream side ended") },
+    let ended = {
+        let to_upstream =
+            client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
+        let to_client = upstream_to_client(up_rd, upstream.leftover, &mut client_wr, refusals);
+        tokio::select! {
+            r = to_upstream => r.map_err(|e| ("client", e)),
+            r = to_client => r.map_err(|e| ("upstream", e)),
+        }
+    };
+    match ended {
+        Ok(()) => {}
+        Err((_, SessionError::Frame(e))) => {
+            // A malformed or oversized message: say why, then end only this session.
+            tracing::warn!(error = %e, "closing session: bad frontend message");
+            let fatal = ClientError::Protocol(format!("invalid frontend message: {e}"));
+            let _ = client_wr.write_all(&fatal.encode()).await;
+            let _ = client_wr.flush().await;
+        }
+        Err((side, e)) => tracing::debug!(error = %e, "{side} side ended"),
     }
 }
 
@@ -57,6 +71,8 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Frame(#[from] frame::FrameError),
 }
 
 async fn client_to_upstream<R, W>(
@@ -80,9 +96,9 @@ where
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    // Oversized or malformed: tell the client, end only this session.
+                    // Oversized or malformed: forward what came before, then end the session.
                     up.write_all(&out).await?;
-                    return Err(SessionError::Protocol(e.to_string()));
+                    return Err(e.into());
                 }
             };
             let terminate = frame.tag == b'X';
