@@ -1,8 +1,13 @@
-//! pgbench harness: the same workloads directly against PostgreSQL, through pgveil as an
-//! unrestricted user, through pgveil as a restricted user (pgbench_accounts protected with a
-//! row scope), and through PgBouncer (session mode) when it is installed.
+//! pgbench harness: the same workloads directly against PostgreSQL, directly as a role under
+//! PostgreSQL row-level security with the same row scope (the yardstick for what a scope costs
+//! inside PostgreSQL), through pgveil as an unrestricted user, through pgveil as a restricted
+//! user (pgbench_accounts protected with a row scope), and through PgBouncer (session mode)
+//! when it is installed.
 //!
-//! Run: cargo bench --bench proxy            (PGVEIL_BENCH_SECONDS=10 by default)
+//! Every target runs once per round, in a rotated order, and the median of the rounds is
+//! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
+//!
+//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -13,6 +18,8 @@ use pgveil::embedded_pg::{free_port, EmbeddedPg};
 
 struct Target {
     name: &'static str,
+    /// The target this one is compared with in the "vs base" column.
+    base: &'static str,
     port: u16,
     user: String,
     password: String,
@@ -71,6 +78,13 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
     })
 }
 
+/// The run with the median TPS (its own latency goes with it).
+fn median(mut runs: Vec<Outcome>) -> Option<Outcome> {
+    runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+    let mid = runs.len() / 2;
+    (!runs.is_empty()).then(|| runs.swap_remove(mid))
+}
+
 const BENCH_POLICY: &str = "
 INSERT INTO pgveil.departments (id, name) VALUES ('1', 'Branch 1');
 INSERT INTO pgveil.objects (name, table_name, primary_key, department_column) VALUES
@@ -84,6 +98,15 @@ SELECT pgveil.grant_permission('Bench Teller', o, ARRAY['list', 'view', 'edit', 
 SELECT pgveil.grant_permission('Bench Teller', 'pgbench_accounts', ARRAY['list', 'view', 'edit'], 'department');
 INSERT INTO pgveil.users (name, owner_value, department_id) VALUES ('bench', 'bench', '1');
 SELECT pgveil.assign_role('bench', 'Bench Teller');
+";
+
+/// The same scope as PostgreSQL row-level security, for a role connecting directly.
+const BENCH_RLS: &str = "
+CREATE ROLE bench_rls LOGIN PASSWORD 'bench-rls-password';
+GRANT SELECT, INSERT, UPDATE ON pgbench_accounts, pgbench_branches, pgbench_tellers,
+    pgbench_history TO bench_rls;
+ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY bench_department ON pgbench_accounts TO bench_rls USING (bid = 1);
 ";
 
 fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::process::Child)> {
@@ -144,7 +167,12 @@ fn main() -> anyhow::Result<()> {
     let seconds: u32 = std::env::var("PGVEIL_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(5);
+    let rounds: usize = std::env::var("PGVEIL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,22 +214,33 @@ fn main() -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })?;
+    pg.psql("crm", BENCH_RLS)?;
     let running = rt.block_on(pgveil::server::start(cfg))?;
     let mut targets = vec![
         Target {
             name: "direct",
+            base: "direct",
             port: pg.port(),
             user: pg.superuser.clone(),
             password: pg.password.clone(),
         },
         Target {
+            name: "direct-rls",
+            base: "direct",
+            port: pg.port(),
+            user: "bench_rls".into(),
+            password: "bench-rls-password".into(),
+        },
+        Target {
             name: "pgveil",
+            base: "direct",
             port: running.addr.port(),
             user: "admin".into(),
             password: pgveil::demo::password("admin"),
         },
         Target {
             name: "pgveil-restricted",
+            base: "pgveil",
             port: running.addr.port(),
             user: "bench".into(),
             password: pgveil::demo::password("bench"),
@@ -211,6 +250,7 @@ fn main() -> anyhow::Result<()> {
     if let Some((_, port, _)) = &bouncer {
         targets.push(Target {
             name: "pgbouncer",
+            base: "direct",
             port: *port,
             user: pgveil::demo::SERVICE_USER.into(),
             password: pgveil::demo::SERVICE_PASSWORD.into(),
@@ -225,31 +265,41 @@ fn main() -> anyhow::Result<()> {
         ("tpcb-like (default)", &[]),
     ];
     println!(
-        "pgbench {seconds}s per run, scale 1, PostgreSQL {}",
+        "pgbench {seconds}s per run, median of {rounds} rounds, scale 1, PostgreSQL {}",
         pg.port()
     );
     println!(
-        "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>8} {:>9}",
-        "workload", "c", "target", "tps", "lat ms", "ratio", "+us/query"
+        "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>9} {:>9} {:>8}",
+        "workload", "c", "target", "tps", "lat ms", "vs direct", "+us/query", "vs base"
     );
     for (name, args) in workloads {
         for clients in [1u32, 16] {
-            let mut direct: Option<Outcome> = None;
-            for t in &targets {
-                let Some(o) = pgbench(&bin, t, args, clients, seconds) else {
-                    continue;
-                };
-                let (ratio, added) = match &direct {
-                    Some(d) => (o.tps / d.tps, (o.latency_ms - d.latency_ms) * 1000.0),
-                    None => (1.0, 0.0),
-                };
-                println!(
-                    "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>8.3} {:>9.0}",
-                    t.name, o.tps, o.latency_ms, ratio, added
-                );
-                if t.name == "direct" {
-                    direct = Some(o);
+            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+            for round in 0..rounds {
+                for k in 0..targets.len() {
+                    let i = (k + round) % targets.len();
+                    if let Some(o) = pgbench(&bin, &targets[i], args, clients, seconds) {
+                        runs[i].push(o);
+                    }
                 }
+            }
+            let medians: Vec<Option<Outcome>> = runs.into_iter().map(median).collect();
+            let find = |n: &str| {
+                targets
+                    .iter()
+                    .position(|t| t.name == n)
+                    .and_then(|i| medians[i].as_ref())
+            };
+            for (t, o) in targets.iter().zip(&medians) {
+                let Some(o) = o else { continue };
+                let (ratio, added) = find("direct").map_or((f64::NAN, f64::NAN), |d| {
+                    (o.tps / d.tps, (o.latency_ms - d.latency_ms) * 1000.0)
+                });
+                let vs_base = find(t.base).map_or(f64::NAN, |b| o.tps / b.tps);
+                println!(
+                    "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>9.3} {:>9.0} {:>8.3}",
+                    t.name, o.tps, o.latency_ms, ratio, added, vs_base
+                );
             }
         }
     }
