@@ -137,6 +137,11 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
         .await
         .unwrap();
     assert!(before < 2000);
+    // SQL-level prepared statements are scoped to the policy they were enforced under
+    rita.batch_execute("PREPARE mine AS SELECT count(*) FROM customers")
+        .await
+        .unwrap();
+    assert_eq!(count(&rita, "EXECUTE mine").await.unwrap(), before);
     let d = env.direct().await;
     d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')")
         .await
@@ -150,6 +155,16 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
     })
     .await;
     println!("reload visible after {took:?}");
+    // the statement prepared under the old policy is gone for rita; preparing again works
+    let e = rita.simple_query("EXECUTE mine").await.unwrap_err();
+    assert_eq!(code(&e), "26000");
+    rita.batch_execute("PREPARE mine AS SELECT count(*) FROM customers")
+        .await
+        .unwrap();
+    assert_eq!(count(&rita, "EXECUTE mine").await.unwrap(), 2000);
+    rita.batch_execute("DEALLOCATE mine; DEALLOCATE ALL")
+        .await
+        .unwrap();
     // a field rule change applies to the same open session
     d.batch_execute(
         "SELECT pgveil.set_field('Sales Representative', 'customers', 'phone', 'invisible')",

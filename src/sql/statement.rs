@@ -1,7 +1,7 @@
 //! Allow-list by statement kind for restricted users, and dispatch to the read and write
 //! passes. Anything not listed here is refused.
 
-use sqlparser::ast::{CopySource, CopyTarget, ObjectName, Query, Set, SetExpr, Statement};
+use sqlparser::ast::{CopySource, CopyTarget, Ident, ObjectName, Query, Set, SetExpr, Statement};
 
 use super::read::{Mode, ReadPass};
 use super::resolve::{parts, resolve, Resolved};
@@ -42,6 +42,32 @@ const SETTABLE: &[&str] = &[
     "synchronous_commit",
 ];
 
+/// SQL-level prepared statements live in PostgreSQL, out of pgveil's sight: their names are
+/// scoped to the policy they were enforced under (`pgveil_<fingerprint>_<name>`), so after a
+/// policy change `EXECUTE` finds no statement (26000) instead of running an outdated rewrite.
+fn policy_scoped_name(cx: &Cx<'_>, name: &Ident) -> Result<Ident, ClientError> {
+    let folded = super::resolve::fold(name)?;
+    if folded.len() > MAX_PREPARED_NAME {
+        return Err(ClientError::TooComplex(format!(
+            "prepared statement names are limited to {MAX_PREPARED_NAME} bytes through pgveil"
+        )));
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&cx.snap.generation.to_be_bytes());
+    for part in std::iter::once(&cx.eff.user).chain(&cx.eff.roles) {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    let fp: String = ctx.finish().as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Ident::with_quote('"', format!("pgveil_{fp}_{folded}")))
+}
+
+/// PostgreSQL's 63-byte identifier limit minus the `pgveil_<8 hex>_` prefix.
+const MAX_PREPARED_NAME: usize = 63 - 16;
+
 fn denied_kind(kind: &str) -> ClientError {
     ClientError::Denied {
         message: format!("permission denied: {kind} is not allowed for users with restricted access"),
@@ -73,8 +99,13 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
         | Statement::UNLISTEN { .. }
         | Statement::NOTIFY { .. }
         | Statement::Fetch { .. }
-        | Statement::Close { .. }
-        | Statement::Deallocate { .. } => Ok(None),
+        | Statement::Close { .. } => Ok(None),
+        Statement::Deallocate { name, .. } => {
+            if !(name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all")) {
+                *name = policy_scoped_name(cx, name)?;
+            }
+            Ok(None)
+        }
         Statement::Set(set) => check_set(set).map(|_| None),
         Statement::Declare { stmts } => {
             for d in stmts {
@@ -84,11 +115,28 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             }
             Ok(None)
         }
-        Statement::Execute { parameters, .. } => {
+        Statement::Execute {
+            name: Some(name),
+            parameters,
+            immediate: false,
+            into,
+            using,
+            output: false,
+            default: false,
+            ..
+        } if name.0.len() == 1 && into.is_empty() && using.is_empty() => {
+            let folded = Ident::with_quote('"', parts(name)?.remove(0));
+            let scoped = policy_scoped_name(cx, &folded)?;
+            *name = ObjectName::from(vec![scoped]);
             ReadPass::run(cx, Mode::Rewrite, parameters)?;
             Ok(None)
         }
-        Statement::Prepare { statement, .. } => enforce_inner(cx, statement, "PREPARE"),
+        Statement::Prepare {
+            name, statement, ..
+        } => {
+            *name = policy_scoped_name(cx, name)?;
+            enforce_inner(cx, statement, "PREPARE")
+        }
         Statement::Explain { analyze: true, .. } => Err(ClientError::Denied {
             message: "permission denied: EXPLAIN ANALYZE is not allowed for restricted users"
                 .into(),
