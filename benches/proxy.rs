@@ -18,6 +18,8 @@ use pgveil::embedded_pg::{free_port, EmbeddedPg};
 
 struct Target {
     name: &'static str,
+    /// The proxy process whose CPU time is charged to this target (none when direct).
+    proxy_pid: Option<u32>,
     /// The target this one is compared with in the "vs base" column.
     base: &'static str,
     port: u16,
@@ -28,10 +30,23 @@ struct Target {
 struct Outcome {
     tps: f64,
     latency_ms: f64,
+    /// CPU time of the proxy process per transaction, in microseconds.
+    proxy_cpu_us: Option<f64>,
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) -> Option<Outcome> {
     let jobs = clients.min(2).to_string();
+    let cpu_before = t.proxy_pid.and_then(cpu_seconds);
     let out = Command::new(bin.join("pgbench"))
         .args([
             "-n",
@@ -72,9 +87,14 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
             .filter_map(|w| w.parse().ok())
             .next()
     };
+    let cpu_after = t.proxy_pid.and_then(cpu_seconds);
+    let transactions = num("number of transactions actually processed:")?;
     Some(Outcome {
         tps: num("tps")?,
         latency_ms: num("latency average")?,
+        proxy_cpu_us: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| (a - b) * 1e6 / transactions.max(1.0)),
     })
 }
 
@@ -118,11 +138,10 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
         &ini,
         format!(
             "[databases]\ncrm = host=127.0.0.1 port={} dbname=crm\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             auth_type = scram-sha-256\nauth_file = {}/users.txt\npool_mode = session\nmax_client_conn = 200\n\
-             default_pool_size = 40\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+             auth_type = scram-sha-256\nauth_file = {d}/users.txt\npool_mode = session\nmax_client_conn = 200\n\
+             default_pool_size = 40\nunix_socket_dir =\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
             pg.port(),
-            dir.path().display(),
-            dir.path().display()
+            d = dir.path().display(),
         ),
     )
     .ok()?;
@@ -219,6 +238,7 @@ fn main() -> anyhow::Result<()> {
     let mut targets = vec![
         Target {
             name: "direct",
+            proxy_pid: None,
             base: "direct",
             port: pg.port(),
             user: pg.superuser.clone(),
@@ -226,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "direct-rls",
+            proxy_pid: None,
             base: "direct",
             port: pg.port(),
             user: "bench_rls".into(),
@@ -233,6 +254,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "pgveil",
+            proxy_pid: Some(std::process::id()), // pgveil runs inside this process
             base: "direct",
             port: running.addr.port(),
             user: "admin".into(),
@@ -240,6 +262,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "pgveil-restricted",
+            proxy_pid: Some(std::process::id()),
             base: "pgveil",
             port: running.addr.port(),
             user: "bench".into(),
@@ -247,9 +270,13 @@ fn main() -> anyhow::Result<()> {
         },
     ];
     let bouncer = start_pgbouncer(&pg);
-    if let Some((_, port, _)) = &bouncer {
+    if let Some((dir, port, _)) = &bouncer {
+        let pid = std::fs::read_to_string(dir.path().join("pgbouncer.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
         targets.push(Target {
             name: "pgbouncer",
+            proxy_pid: pid,
             base: "direct",
             port: *port,
             user: pgveil::demo::SERVICE_USER.into(),
@@ -269,8 +296,16 @@ fn main() -> anyhow::Result<()> {
         pg.port()
     );
     println!(
-        "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>9} {:>9} {:>8}",
-        "workload", "c", "target", "tps", "lat ms", "vs direct", "+us/query", "vs base"
+        "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        "workload",
+        "c",
+        "target",
+        "tps",
+        "lat ms",
+        "vs direct",
+        "+us/query",
+        "vs base",
+        "proxy us/tx"
     );
     for (name, args) in workloads {
         for clients in [1u32, 16] {
@@ -296,8 +331,11 @@ fn main() -> anyhow::Result<()> {
                     (o.tps / d.tps, (o.latency_ms - d.latency_ms) * 1000.0)
                 });
                 let vs_base = find(t.base).map_or(f64::NAN, |b| o.tps / b.tps);
+                let cpu = o
+                    .proxy_cpu_us
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
                 println!(
-                    "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>9.3} {:>9.0} {:>8.3}",
+                    "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>9.3} {:>9.0} {:>8.3} {cpu:>10}",
                     t.name, o.tps, o.latency_ms, ratio, added, vs_base
                 );
             }
