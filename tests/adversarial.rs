@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
-use common::{code, Env};
+use common::{code, expect_code_extended, Env};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Integer cells of every row of every result of a simple query, or the SQLSTATE.
@@ -359,11 +359,7 @@ async fn writes_are_confined() {
         1
     );
     // bulk update (rita has 500 customers, threshold 100, bulk off): undone atomically
-    let e = rita
-        .execute("UPDATE customers SET region = 'bulk'", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501", "{e}");
+    expect_code_extended(&rita, "UPDATE customers SET region = 'bulk'", "42501").await;
     assert_eq!(
         scalar(
             &direct,
@@ -379,14 +375,12 @@ async fn writes_are_confined() {
         .unwrap_err();
     assert_eq!(code(&e), "42501");
     // insert for another owner refused, nothing inserted
-    let e = rita
-        .execute(
-            "INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501", "{e}");
+    expect_code_extended(
+        &rita,
+        "INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')",
+        "42501",
+    )
+    .await;
     // insert with the owner omitted: filled from her identity
     rita.execute(
         "INSERT INTO customers (name, department) VALUES ('mine', 'sales_east')",
@@ -443,14 +437,12 @@ async fn writes_are_confined() {
     );
     // Staff: credit_limit is read-only
     let sam = env.connect("sam").await;
-    let e = sam
-        .execute(
-            "UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    let e = expect_code_extended(
+        &sam,
+        "UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20",
+        "42501",
+    )
+    .await;
     assert!(
         common::message(&e).contains("credit_limit"),
         "{}",
@@ -458,31 +450,28 @@ async fn writes_are_confined() {
     );
     // Telemarketer: no edit at all
     let tom = env.connect("tom").await;
-    let e = tom
-        .execute("UPDATE customers SET notes = 'x' WHERE id = 4", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    expect_code_extended(
+        &tom,
+        "UPDATE customers SET notes = 'x' WHERE id = 4",
+        "42501",
+    )
+    .await;
     // copying an invisible value into a visible one is refused (dana: phone hidden off her records)
     let dana = env.connect("dana").await;
-    let e = dana
-        .execute(
-            "UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    expect_code_extended(
+        &dana,
+        "UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20",
+        "42501",
+    )
+    .await;
     // RETURNING obeys field rules
     let gina_like = env.connect("carl").await;
-    let e = gina_like
-        .query(
-            "UPDATE orders SET status = status WHERE id = 1 RETURNING amount",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    expect_code_extended(
+        &gina_like,
+        "UPDATE orders SET status = status WHERE id = 1 RETURNING amount",
+        "42501",
+    )
+    .await;
     assert_eq!(
         scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await,
         0

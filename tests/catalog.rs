@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{code, Env};
+use common::{code, expect_code, Env};
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> Result<i64, tokio_postgres::Error> {
     Ok(c.query_one(sql, &[]).await?.get(0))
@@ -156,8 +156,7 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
     .await;
     println!("reload visible after {took:?}");
     // the statement prepared under the old policy is gone for rita; preparing again works
-    let e = rita.simple_query("EXECUTE mine").await.unwrap_err();
-    assert_eq!(code(&e), "26000");
+    expect_code(&rita, "EXECUTE mine", "26000").await;
     rita.batch_execute("PREPARE mine AS SELECT count(*) FROM customers")
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
-use common::{code, message, Env};
+use common::{code, expect_code, expect_code_extended, message, Env};
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[])
@@ -102,14 +102,9 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
     let env = Env::start().await;
     let rita = env.connect("rita").await;
     // not a pgveil object
-    let e = rita
-        .simple_query("SELECT * FROM internal_salaries")
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501", "{e}");
+    expect_code(&rita, "SELECT * FROM internal_salaries", "42501").await;
     // no permission on tickets
-    let e = rita.query("SELECT * FROM tickets", &[]).await.unwrap_err();
-    assert_eq!(code(&e), "42501");
+    let e = expect_code_extended(&rita, "SELECT * FROM tickets", "42501").await;
     assert!(message(&e).contains("tickets"), "{}", message(&e));
     // unparseable
     let e = rita
@@ -118,19 +113,13 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
         .unwrap_err();
     assert!(["0A000", "42501"].contains(&code(&e).as_str()), "{e}");
     // DDL
-    let e = rita.simple_query("DROP TABLE customers").await.unwrap_err();
-    assert_eq!(code(&e), "42501");
+    expect_code(&rita, "DROP TABLE customers", "42501").await;
     // session still usable
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
     // inside a transaction a refusal aborts it
     rita.simple_query("BEGIN").await.unwrap();
-    let e = rita
-        .simple_query("SELECT * FROM tickets")
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
-    let e = rita.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(code(&e), "25P02");
+    expect_code(&rita, "SELECT * FROM tickets", "42501").await;
+    expect_code(&rita, "SELECT 1", "25P02").await;
     rita.simple_query("ROLLBACK").await.unwrap();
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
 }
@@ -140,14 +129,9 @@ async fn view_without_list_deny_max_rows_and_export() {
     let env = Env::start().await;
     // sid: customers.view (details) but not list → primary-key lookups only
     let sid = env.connect("sid").await;
-    let e = sid.query("SELECT * FROM customers", &[]).await.unwrap_err();
-    assert_eq!(code(&e), "42501");
+    let e = expect_code_extended(&sid, "SELECT * FROM customers", "42501").await;
     assert!(message(&e).contains("list"), "{}", message(&e));
-    let e = sid
-        .query("SELECT * FROM customers WHERE id > 5", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    expect_code_extended(&sid, "SELECT * FROM customers WHERE id > 5", "42501").await;
     let row = sid
         .query_one(
             "SELECT name, credit_limit::text FROM customers WHERE id = $1",
@@ -168,16 +152,11 @@ async fn view_without_list_deny_max_rows_and_export() {
         "credit_limit invisible for shipping"
     );
     // explicit deny on opportunities
-    let e = sid
-        .query("SELECT * FROM opportunities", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
+    let e = expect_code_extended(&sid, "SELECT * FROM opportunities", "42501").await;
     assert!(message(&e).contains("deny"), "{}", message(&e));
     // carl: max 500 rows per query; tickets scope is all (1500): fails cleanly, no partial rows
     let carl = env.connect("carl").await;
-    let e = carl.query("SELECT id FROM tickets", &[]).await.unwrap_err();
-    assert_eq!(code(&e), "54000", "{e}");
+    expect_code_extended(&carl, "SELECT id FROM tickets", "54000").await;
     assert_eq!(
         carl.query("SELECT id FROM tickets ORDER BY id LIMIT 500", &[])
             .await
@@ -295,23 +274,16 @@ async fn limits_on_untrusted_sql_and_startup_options() {
     let env = Env::start().await;
     let rita = env.connect("rita").await;
     let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
-    let e = rita.simple_query(&deep).await.unwrap_err();
-    assert_eq!(code(&e), "54000", "{e}");
+    expect_code(&rita, &deep, "54000").await;
     let nested = format!(
         "SELECT count(*) FROM {}customers{}",
         "(SELECT * FROM ".repeat(100),
         ") s".repeat(100)
     );
-    let e = rita.simple_query(&nested).await.unwrap_err();
-    assert_eq!(code(&e), "54000", "{e}");
+    expect_code(&rita, &nested, "54000").await;
     let huge = format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024));
-    let e = rita.simple_query(&huge).await.unwrap_err();
-    assert_eq!(code(&e), "54000", "{e}");
-    let e = rita
-        .simple_query("SELECT * FROM \"cust\\omers\"")
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "0A000", "{e}");
+    expect_code(&rita, &huge, "54000").await;
+    expect_code(&rita, "SELECT * FROM \"cust\\omers\"", "0A000").await;
     // the session survives all of it
     assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
     // `options` from the client is never forwarded: search_path stays pinned

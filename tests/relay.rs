@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
-use common::{code, Env};
+use common::{code, expect_code, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrestricted_user_sees_same_results_as_direct() {
@@ -267,8 +267,7 @@ async fn connection_limit_and_oversized_messages() {
     assert_eq!(code(&e), "53300");
     // an oversized message after login: FATAL 08P01 for that session only
     let huge = format!("SELECT '{}'", "x".repeat(10_000));
-    let e = a.simple_query(&huge).await.unwrap_err();
-    assert_eq!(code(&e), "08P01", "{e}");
+    let e = expect_code(&a, &huge, "08P01").await;
     let msg = e.as_db_error().map(|d| d.message().to_owned());
     assert!(msg.unwrap().contains("exceeds the limit"), "{e:?}");
     assert!(a.simple_query("SELECT 1").await.is_err(), "session ended");

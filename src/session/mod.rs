@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::ClientError;
 use crate::front::startup::Started;
 use crate::server::Server;
-use crate::sql::{EnforceCtx, Verdict};
+use crate::sql::{EnforceCtx, PolicyStamp, Verdict};
 use frame::{next_frame, Frame};
 pub use refusal::Refusals;
 
@@ -144,26 +144,27 @@ fn handle_frame(
             encode(&Query::new(sql), out)
         }
         b'P' => {
-            let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
-                .map_err(|e| SessionError::Protocol(e.to_string()))?
-                .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
-            let name = p.name.clone().unwrap_or_default();
-            let sql = match ctx.enforce_prepared(&p.query) {
+            let (name, query) = parse_name_and_query(&frame.bytes)
+                .ok_or_else(|| SessionError::Protocol("malformed Parse".into()))?;
+            match ctx.enforce_prepared(query) {
                 Verdict::PassThrough => {
-                    prepared.insert(name, p.query.clone(), p.query);
+                    prepared.insert(name, query, None, ctx.stamp());
                     out.extend_from_slice(&frame.bytes);
-                    return Ok(());
+                    Ok(())
                 }
                 Verdict::Forward(sql) => {
-                    prepared.insert(name, p.query.clone(), sql.clone());
-                    sql
+                    prepared.insert(name, query, Some(sql.clone()), ctx.stamp());
+                    let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
+                        .map_err(|e| SessionError::Protocol(e.to_string()))?
+                        .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
+                    encode(&Parse::new(p.name, sql, p.type_oids), out)
                 }
                 Verdict::Refuse { error, .. } => {
-                    prepared.remove(&name);
-                    refusals.statement_with(String::new(), error)
+                    prepared.remove(name);
+                    let sql = refusals.statement_with(String::new(), error);
+                    encode(&Parse::new(None, sql, vec![]), out)
                 }
-            };
-            encode(&Parse::new(p.name, sql, p.type_oids), out)
+            }
         }
         b'B' => {
             // A statement prepared under an older policy must not outlive it.
@@ -200,9 +201,17 @@ fn handle_frame(
     }
 }
 
-/// Statements prepared with the extended protocol: original SQL and what was sent upstream.
+/// Statements prepared with the extended protocol, by name.
 #[derive(Default)]
-struct Prepared(std::collections::HashMap<String, (String, String)>);
+struct Prepared(std::collections::HashMap<String, PreparedEntry>);
+
+struct PreparedEntry {
+    original: String,
+    /// What was sent upstream, when it differs from `original`.
+    rewritten: Option<String>,
+    /// The policy it was enforced under.
+    stamp: PolicyStamp,
+}
 
 /// A NUL-terminated string at `pos`, and the position after it.
 fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
@@ -211,9 +220,32 @@ fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
     Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
 }
 
+/// Statement name and SQL of a Parse message (tag and length included), without copying.
+fn parse_name_and_query(msg: &[u8]) -> Option<(&str, &str)> {
+    let (name, next) = cstr(msg, 5)?;
+    let (query, _) = cstr(msg, next)?;
+    Some((name, query))
+}
+
 impl Prepared {
-    fn insert(&mut self, name: String, original: String, sent: String) {
-        self.0.insert(name, (original, sent));
+    fn insert(
+        &mut self,
+        name: &str,
+        original: &str,
+        rewritten: Option<String>,
+        stamp: PolicyStamp,
+    ) {
+        let entry = PreparedEntry {
+            original: original.to_owned(),
+            rewritten,
+            stamp,
+        };
+        match self.0.get_mut(name) {
+            Some(slot) => *slot = entry,
+            None => {
+                self.0.insert(name.to_owned(), entry);
+            }
+        }
     }
 
     fn remove(&mut self, name: &str) {
@@ -230,22 +262,28 @@ impl Prepared {
     }
 
     /// Bind ('B'): the statement it uses must still enforce to exactly what was prepared.
-    fn recheck(&self, msg: &[u8], ctx: &EnforceCtx) -> Result<(), ClientError> {
+    /// Under the very same policy that is certain; otherwise it is enforced again.
+    fn recheck(&mut self, msg: &[u8], ctx: &EnforceCtx) -> Result<(), ClientError> {
         let Some((_portal, next)) = cstr(msg, 5) else {
             return Ok(());
         };
         let Some((stmt, _)) = cstr(msg, next) else {
             return Ok(());
         };
-        let Some((original, sent)) = self.0.get(stmt) else {
+        let Some(entry) = self.0.get_mut(stmt) else {
             return Ok(());
         };
-        let now = match ctx.enforce_prepared(original) {
-            Verdict::PassThrough => original.clone(),
-            Verdict::Forward(sql) => sql,
+        let stamp = ctx.stamp();
+        if entry.stamp == stamp {
+            return Ok(());
+        }
+        let now = match ctx.enforce_prepared(&entry.original) {
+            Verdict::PassThrough => None,
+            Verdict::Forward(sql) => Some(sql),
             Verdict::Refuse { error, .. } => return Err(error),
         };
-        if &now == sent {
+        if now == entry.rewritten {
+            entry.stamp = stamp;
             Ok(())
         } else {
             Err(ClientError::Denied {

@@ -522,18 +522,75 @@ pub struct EnforceCtx {
     server: Arc<Server>,
     user: String,
     ip: Option<IpAddr>,
+    /// The user's effective policy, reused within one catalog generation and one wall-clock
+    /// second (role validity and time windows are evaluated at most a second late).
+    memo: std::sync::Mutex<Option<EffMemo>>,
+}
+
+struct EffMemo {
+    generation: u64,
+    second: i64,
+    eff: Option<Arc<Effective>>,
+}
+
+/// Identifies the policy a statement was enforced under: same generation and the very same
+/// compiled policy object means enforcement would give the same result again.
+#[derive(Clone)]
+pub struct PolicyStamp {
+    generation: u64,
+    eff: Option<Arc<Effective>>,
+}
+
+impl PartialEq for PolicyStamp {
+    fn eq(&self, other: &Self) -> bool {
+        self.generation == other.generation
+            && match (&self.eff, &other.eff) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
 }
 
 impl EnforceCtx {
     pub fn new(server: Arc<Server>, user: String, ip: Option<IpAddr>) -> Self {
-        EnforceCtx { server, user, ip }
+        EnforceCtx {
+            server,
+            user,
+            ip,
+            memo: std::sync::Mutex::new(None),
+        }
     }
 
     fn effective(&self) -> (Arc<Snapshot>, Option<Arc<Effective>>) {
         let store = &self.server.store;
         let snap = store.snapshot();
-        let eff = store.effective_in(&snap, &self.user, chrono::Utc::now(), self.ip);
+        let now = chrono::Utc::now();
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = memo.as_ref() {
+            if m.generation == snap.generation && m.second == now.timestamp() {
+                return (snap, m.eff.clone());
+            }
+        }
+        let eff = store.effective_in(&snap, &self.user, now, self.ip);
+        *memo = Some(EffMemo {
+            generation: snap.generation,
+            second: now.timestamp(),
+            eff: eff.clone(),
+        });
         (snap, eff)
+    }
+
+    /// The policy statements are enforced under right now.
+    pub fn stamp(&self) -> PolicyStamp {
+        let (snap, eff) = self.effective();
+        PolicyStamp {
+            generation: snap.generation,
+            eff,
+        }
     }
 
     /// Is the user restricted right now? (Roles can expire inside a session.)

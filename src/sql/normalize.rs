@@ -58,6 +58,15 @@ pub struct Splice {
 const SAFE_BEFORE: &[char] = &[' ', '(', ',', '['];
 const SAFE_AFTER: &[char] = &[' ', ')', ',', ']', ';', ':'];
 
+/// A placeholder may follow a delimiter, or a unary sign that itself follows one
+/// (`+ -$1`: a sign glued to an operator could lex as part of it).
+fn safe_before(text: &str) -> bool {
+    match text.strip_suffix(['-', '+']) {
+        Some(rest) => rest.ends_with(SAFE_BEFORE),
+        None => text.ends_with(SAFE_BEFORE),
+    }
+}
+
 /// Cut `enforced` at its placeholders. None if it does not tokenize or if a placeholder sits
 /// next to a character a literal could merge with (the caller then enforces the full text).
 pub fn splice(enforced: &str) -> Option<Splice> {
@@ -76,7 +85,7 @@ pub fn splice(enforced: &str) -> Option<Splice> {
         match t {
             Token::Placeholder(p) => {
                 let i: usize = p.strip_prefix('$')?.parse().ok()?;
-                if !text.ends_with(SAFE_BEFORE) {
+                if !safe_before(&text) {
                     return None;
                 }
                 parts.push((std::mem::take(&mut text), i.checked_sub(1)?));
@@ -125,6 +134,12 @@ mod tests {
         assert!(normalize("SELECT a FROM t").is_none());
         // a placeholder the template does not have is refused
         assert!(splice("SELECT $9").and_then(|s| s.fill(&n)).is_none());
+        // signs: unary after a delimiter is fine, glued to an operator is not
+        let n2 = normalize("UPDATE t SET a = a + -5, b = (-7)").unwrap();
+        assert_eq!(n2.template, "UPDATE t SET a = a + -$1, b = (-$2)");
+        let s2 = splice("UPDATE t SET a = a + -$1, b = (-$2)").unwrap();
+        assert_eq!(s2.fill(&n2).unwrap(), "UPDATE t SET a = a + -5, b = (-7)");
+        assert!(splice("SELECT a +-$1").is_none());
         // a placeholder a literal could merge with is not spliced
         assert!(splice("SELECT x.$1").is_none());
         assert!(splice("SELECT E$1").is_none() || splice("SELECT E$1").unwrap().parts.is_empty());

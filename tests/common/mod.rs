@@ -119,6 +119,29 @@ pub fn code(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
+/// Run `sql` with the simple protocol, expecting it to fail with SQLSTATE `expected`; the
+/// error, for further checks.
+pub async fn expect_code(c: &Client, sql: &str, expected: &str) -> tokio_postgres::Error {
+    match c.simple_query(sql).await {
+        Ok(_) => panic!("{sql}: expected {expected}, but it succeeded"),
+        Err(e) => {
+            assert_eq!(code(&e), expected, "{sql}: {e:?}");
+            e
+        }
+    }
+}
+
+/// Like [`expect_code`], with the extended protocol (no parameters).
+pub async fn expect_code_extended(c: &Client, sql: &str, expected: &str) -> tokio_postgres::Error {
+    match c.query(sql, &[]).await {
+        Ok(_) => panic!("{sql}: expected {expected}, but it succeeded"),
+        Err(e) => {
+            assert_eq!(code(&e), expected, "{sql}: {e:?}");
+            e
+        }
+    }
+}
+
 /// Message of a database error.
 pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
