@@ -146,14 +146,15 @@ fn handle_frame(
         b'P' => {
             let (name, query) = parse_name_and_query(&frame.bytes)
                 .ok_or_else(|| SessionError::Protocol("malformed Parse".into()))?;
-            match ctx.enforce_prepared(query) {
+            let (verdict, stamp) = ctx.enforce_prepared_stamped(query);
+            match verdict {
                 Verdict::PassThrough => {
-                    prepared.insert(name, query, None, ctx.stamp());
+                    prepared.insert(name, query, None, stamp);
                     out.extend_from_slice(&frame.bytes);
                     Ok(())
                 }
                 Verdict::Forward(sql) => {
-                    prepared.insert(name, query, Some(sql.clone()), ctx.stamp());
+                    prepared.insert(name, query, Some(sql.clone()), stamp);
                     let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
                         .map_err(|e| SessionError::Protocol(e.to_string()))?
                         .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;

@@ -394,7 +394,8 @@ pub fn enforce_text(cx: &Cx<'_>, sql: &str, prepared: bool) -> Verdict {
     Verdict::Forward(done.join(";\n"))
 }
 
-/// A stable, non-reversible fingerprint of SQL text for logs.
+/// A stable, non-reversible fingerprint of text (16 hex digits): SQL in logs, policy
+/// identities in prepared-statement names.
 fn fingerprint(sql: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, sql.as_bytes());
     digest.as_ref()[..8]
@@ -606,8 +607,28 @@ impl EnforceCtx {
         self.enforce(sql, true)
     }
 
+    /// Enforce a Parse, with the policy it was enforced under (one policy lookup).
+    pub fn enforce_prepared_stamped(&self, sql: &str) -> (Verdict, PolicyStamp) {
+        let (snap, eff) = self.effective();
+        let stamp = PolicyStamp {
+            generation: snap.generation,
+            eff: eff.clone(),
+        };
+        (self.enforce_under(snap, eff, sql, true), stamp)
+    }
+
     fn enforce(&self, sql: &str, prepared: bool) -> Verdict {
         let (snap, eff) = self.effective();
+        self.enforce_under(snap, eff, sql, prepared)
+    }
+
+    fn enforce_under(
+        &self,
+        snap: Arc<Snapshot>,
+        eff: Option<Arc<Effective>>,
+        sql: &str,
+        prepared: bool,
+    ) -> Verdict {
         let cfg = &self.server.config;
         let pw = password::PasswordCtx {
             user: &self.user,

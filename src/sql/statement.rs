@@ -52,16 +52,13 @@ fn policy_scoped_name(cx: &Cx<'_>, name: &Ident) -> Result<Ident, ClientError> {
             "prepared statement names are limited to {MAX_PREPARED_NAME} bytes through pgveil"
         )));
     }
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&cx.snap.generation.to_be_bytes());
-    for part in std::iter::once(&cx.eff.user).chain(&cx.eff.roles) {
-        ctx.update(part.as_bytes());
-        ctx.update(&[0]);
-    }
-    let fp: String = ctx.finish().as_ref()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let identity = format!(
+        "{}\0{}\0{}",
+        cx.snap.generation,
+        cx.eff.user,
+        cx.eff.roles.join("\0")
+    );
+    let fp = &super::fingerprint(&identity)[..8];
     Ok(Ident::with_quote('"', format!("pgveil_{fp}_{folded}")))
 }
 
