@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub max_query_bytes: usize,
     pub max_sql_depth: usize,
     pub search_path: Vec<String>,
+    pub session_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +65,7 @@ impl Default for ServerConfig {
             max_query_bytes: 1024 * 1024,
             max_sql_depth: 64,
             search_path: vec!["public".into()],
+            session_threads: 0,
         }
     }
 }
@@ -212,6 +214,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             p.push("server.max_connections: must be at least 1".into());
+        }
+        if self.server.session_threads > 256 {
+            p.push("server.session_threads: at most 256 (0 = one per CPU)".into());
         }
         if self.server.handshake_timeout_ms == 0 {
             p.push("server.handshake_timeout_ms: must be positive".into());

@@ -23,6 +23,9 @@ use crate::front::startup::{handshake, Handshake};
 use crate::policy::PolicyStore;
 use crate::sql::RewriteCache;
 use crate::upstream::UpstreamTarget;
+use threads::SessionThreads;
+
+mod threads;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum ServeError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("policy catalog: {0}")]
     Catalog(String),
+    #[error("cannot start session threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// Key of the cancel map: the (pid, secret) pgveil gave the client.
@@ -60,6 +65,7 @@ pub struct Server {
     cancel_map: Mutex<HashMap<ClientKey, (i32, i32)>>,
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
+    threads: SessionThreads,
 }
 
 impl Server {
@@ -82,6 +88,8 @@ impl Server {
         }
         let upstream = UpstreamTarget::from_config(&config)?;
         let rewrites = RewriteCache::new(config.catalog.rewrite_cache_capacity);
+        let threads =
+            SessionThreads::start(config.server.session_threads).map_err(ServeError::Threads)?;
         Ok(Arc::new(Server {
             sessions: Arc::new(Semaphore::new(config.server.max_connections)),
             config,
@@ -94,6 +102,7 @@ impl Server {
             cancel_map: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            threads,
         }))
     }
 
@@ -179,6 +188,7 @@ impl Server {
                 "grace period over; closing remaining sessions"
             );
         }
+        self.threads.stop();
     }
 
     fn spawn_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
@@ -186,32 +196,45 @@ impl Server {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        // The socket moves to the session thread's own reactor.
+        let tcp = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the connection to a session thread");
+                return;
+            }
+        };
         let permit = self.sessions.clone().try_acquire_owned().ok();
         let span = tracing::info_span!("session", client = %addr, user = tracing::field::Empty, app = tracing::field::Empty);
         let server = self.clone();
-        self.tracker.spawn(
-            async move {
-                let reject = permit.is_none().then_some(ClientError::TooManyConnections);
-                match handshake(&server, tcp, reject).await {
-                    Handshake::Session(started) => {
-                        let span = tracing::Span::current();
-                        span.record("user", started.user.as_str());
-                        span.record("app", started.application_name.as_str());
-                        let key = started.client_key.clone();
-                        server
-                            .register_cancel(&key, (started.upstream.pid, started.upstream.secret));
-                        tracing::info!("session started");
-                        crate::session::run(&server, *started, addr).await;
-                        server.unregister_cancel(&key);
-                        tracing::info!("session ended");
-                    }
-                    Handshake::Cancel { pid, secret } => server.cancel(pid, &secret).await,
-                    Handshake::Closed => {}
+        let session = async move {
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the connection");
+                    return;
                 }
-                drop(permit);
+            };
+            let reject = permit.is_none().then_some(ClientError::TooManyConnections);
+            match handshake(&server, tcp, reject).await {
+                Handshake::Session(started) => {
+                    let span = tracing::Span::current();
+                    span.record("user", started.user.as_str());
+                    span.record("app", started.application_name.as_str());
+                    let key = started.client_key.clone();
+                    server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
+                    tracing::info!("session started");
+                    crate::session::run(&server, *started, addr).await;
+                    server.unregister_cancel(&key);
+                    tracing::info!("session ended");
+                }
+                Handshake::Cancel { pid, secret } => server.cancel(pid, &secret).await,
+                Handshake::Closed => {}
             }
-            .instrument(span),
-        );
+            drop(permit);
+        };
+        self.tracker
+            .spawn_on(session.instrument(span), self.threads.next());
     }
 }
 

@@ -130,10 +130,9 @@ fn handle_frame(
     let decode_ctx = DecodeContext::default();
     match frame.tag {
         b'Q' => {
-            let q = Query::decode(&mut frame.bytes.clone(), &decode_ctx)
-                .map_err(|e| SessionError::Protocol(e.to_string()))?
-                .ok_or_else(|| SessionError::Protocol("short Query".into()))?;
-            let sql = match ctx.enforce_simple(&q.query) {
+            let (query, _) = cstr(&frame.bytes, 5)
+                .ok_or_else(|| SessionError::Protocol("malformed Query".into()))?;
+            let sql = match ctx.enforce_simple(query) {
                 Verdict::PassThrough => {
                     out.extend_from_slice(&frame.bytes);
                     return Ok(());
@@ -236,14 +235,20 @@ impl Prepared {
         rewritten: Option<String>,
         stamp: PolicyStamp,
     ) {
-        let entry = PreparedEntry {
-            original: original.to_owned(),
-            rewritten,
-            stamp,
-        };
         match self.0.get_mut(name) {
-            Some(slot) => *slot = entry,
+            // The unnamed statement is replaced on every Parse: reuse its buffer.
+            Some(slot) => {
+                slot.original.clear();
+                slot.original.push_str(original);
+                slot.rewritten = rewritten;
+                slot.stamp = stamp;
+            }
             None => {
+                let entry = PreparedEntry {
+                    original: original.to_owned(),
+                    rewritten,
+                    stamp,
+                };
                 self.0.insert(name.to_owned(), entry);
             }
         }

@@ -530,7 +530,7 @@ pub struct EnforceCtx {
 
 struct EffMemo {
     generation: u64,
-    second: i64,
+    second: u64,
     eff: Option<Arc<Effective>>,
 }
 
@@ -566,20 +566,23 @@ impl EnforceCtx {
     fn effective(&self) -> (Arc<Snapshot>, Option<Arc<Effective>>) {
         let store = &self.server.store;
         let snap = store.snapshot();
-        let now = chrono::Utc::now();
+        // The memo check needs only the second; a calendar time only when re-evaluating.
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut memo = self
             .memo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(m) = memo.as_ref() {
-            if m.generation == snap.generation && m.second == now.timestamp() {
+            if m.generation == snap.generation && m.second == second {
                 return (snap, m.eff.clone());
             }
         }
-        let eff = store.effective_in(&snap, &self.user, now, self.ip);
+        let eff = store.effective_in(&snap, &self.user, chrono::Utc::now(), self.ip);
         *memo = Some(EffMemo {
             generation: snap.generation,
-            second: now.timestamp(),
+            second,
             eff: eff.clone(),
         });
         (snap, eff)

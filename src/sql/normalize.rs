@@ -7,6 +7,8 @@
 //! structure is exactly the verified template's. Anything unusual (existing
 //! placeholders, a template pgveil would refuse) falls back to enforcing the original text.
 
+use std::fmt::Write;
+
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -32,13 +34,14 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
             Token::DollarQuotedString(d) => Some(literal(&d.value)),
             _ => None,
         };
-        match lit {
+        // Written in place: no string per token (this runs on every simple-protocol query).
+        let _ = match lit {
             Some(l) => {
                 literals.push(l);
-                template.push_str(&format!("${}", literals.len()));
+                write!(template, "${}", literals.len())
             }
-            None => template.push_str(&t.to_string()),
-        }
+            None => write!(template, "{t}"),
+        };
     }
     (!literals.is_empty()).then_some(Normalized { template, literals })
 }

@@ -24,14 +24,18 @@ pub struct PasswordCtx<'a> {
     pub catalog_upstream: bool,
 }
 
+/// Cheap pre-filter run on every statement: no allocation, case-insensitive.
+fn mentions_password(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+        b.get(i..i + 8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
+    })
+}
+
 /// If `sql` is a password change, the verdict for it.
 pub fn intercept(cx: &PasswordCtx<'_>, sql: &str) -> Option<Verdict> {
-    // Cheap pre-filter on every statement: no allocation, case-insensitive.
-    if !sql
-        .as_bytes()
-        .windows(8)
-        .any(|w| w.eq_ignore_ascii_case(b"password"))
-    {
+    if !mentions_password(sql) {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
