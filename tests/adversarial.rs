@@ -22,6 +22,37 @@ async fn ints(c: &Client, sql: &str) -> Result<Vec<i64>, String> {
     }
 }
 
+/// A digest of every row of each table, read directly: equal before and after a statement
+/// means the statement wrote nothing at all (not just nothing in the column a test looks at).
+async fn digest(direct: &Client, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        let sql = format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {t} t"
+        );
+        out.push(direct.query_one(&sql, &[]).await.unwrap().get(0));
+    }
+    out
+}
+
+/// `sql` (extended protocol) fails with `expected` and leaves `tables` exactly as they were.
+async fn refused_unchanged(
+    direct: &Client,
+    c: &Client,
+    sql: &str,
+    expected: &str,
+    tables: &[&str],
+) -> tokio_postgres::Error {
+    let before = digest(direct, tables).await;
+    let e = expect_code_extended(c, sql, expected).await;
+    assert_eq!(
+        digest(direct, tables).await,
+        before,
+        "{sql} wrote something"
+    );
+    e
+}
+
 async fn scalar(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[])
         .await
@@ -134,6 +165,9 @@ async fn row_scope_cannot_be_bypassed() {
 async fn dangerous_functions_catalogs_and_statements_are_refused() {
     let env = Env::start().await;
     let rita = env.connect("rita").await;
+    let direct = env.direct().await;
+    let tables = ["customers", "orders", "payments"];
+    let before = digest(&direct, &tables).await;
     for sql in [
         "SELECT query_to_xml('select * from customers', true, true, '')",
         "SELECT * FROM query_to_xml('select * from customers', true, true, '')",
@@ -182,21 +216,13 @@ async fn dangerous_functions_catalogs_and_statements_are_refused() {
         );
     }
     // nothing was created or changed
-    let direct = env.direct().await;
+    assert_eq!(digest(&direct, &tables).await, before);
     assert_eq!(
         scalar(
             &direct,
             "SELECT count(*) FROM pg_class WHERE relname IN ('x', 'v', 'stolen')"
         )
         .await,
-        0
-    );
-    assert_eq!(
-        scalar(&direct, "SELECT count(*) FROM customers").await,
-        2000
-    );
-    assert_eq!(
-        scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await,
         0
     );
     // structural catalogs stay readable (BI introspection)
@@ -329,12 +355,14 @@ async fn writes_are_confined() {
         .await,
         0
     );
-    // in-scope single-row update works
+    // in-scope single-row update works (and the digest sees a one-cell change)
+    let tables = ["customers", "orders", "payments"];
     let id: i32 = direct
         .query_one("SELECT min(id) FROM customers WHERE owner = 'rita'", &[])
         .await
         .unwrap()
         .get(0);
+    let before_update = digest(&direct, &tables).await;
     assert_eq!(
         rita.execute(
             "UPDATE customers SET notes = 'called' WHERE id = $1",
@@ -344,43 +372,21 @@ async fn writes_are_confined() {
         .unwrap(),
         1
     );
-    // reassigning a record away from her scope is refused and nothing changes
-    let e = rita
-        .execute("UPDATE customers SET owner = 'sam' WHERE id = $1", &[&id])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501", "{e}");
-    assert_eq!(
-        scalar(
-            &direct,
-            &format!("SELECT count(*) FROM customers WHERE id = {id} AND owner = 'rita'")
-        )
-        .await,
-        1
-    );
+    assert_ne!(digest(&direct, &tables).await, before_update);
+    // refused writes leave every table exactly as it was
+    // reassigning a record away from her scope
+    let reassign = format!("UPDATE customers SET owner = 'sam' WHERE id = {id}");
+    refused_unchanged(&direct, &rita, &reassign, "42501", &tables).await;
     // bulk update (rita has 500 customers, threshold 100, bulk off): undone atomically
-    expect_code_extended(&rita, "UPDATE customers SET region = 'bulk'", "42501").await;
-    assert_eq!(
-        scalar(
-            &direct,
-            "SELECT count(*) FROM customers WHERE region = 'bulk'"
-        )
-        .await,
-        0
-    );
+    let bulk = "UPDATE customers SET region = 'bulk'";
+    refused_unchanged(&direct, &rita, bulk, "42501", &tables).await;
     // no delete permission
-    let e = rita
-        .execute("DELETE FROM customers WHERE id = $1", &[&id])
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), "42501");
-    // insert for another owner refused, nothing inserted
-    expect_code_extended(
-        &rita,
-        "INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')",
-        "42501",
-    )
-    .await;
+    let delete = format!("DELETE FROM customers WHERE id = {id}");
+    refused_unchanged(&direct, &rita, &delete, "42501", &tables).await;
+    // insert for another owner
+    let foreign =
+        "INSERT INTO customers (name, owner, department) VALUES ('evil', 'sam', 'sales_east')";
+    refused_unchanged(&direct, &rita, foreign, "42501", &tables).await;
     // insert with the owner omitted: filled from her identity
     rita.execute(
         "INSERT INTO customers (name, department) VALUES ('mine', 'sales_east')",
@@ -421,28 +427,18 @@ async fn writes_are_confined() {
         .await
         .unwrap()
         .get(0);
+    let before = digest(&direct, &tables).await;
     let _ = rita
         .execute(
             "INSERT INTO customers (id, name, department) VALUES ($1, 'x', 'sales_east') ON CONFLICT (id) DO UPDATE SET name = 'hijacked'",
             &[&other],
         )
         .await;
-    assert_eq!(
-        scalar(
-            &direct,
-            "SELECT count(*) FROM customers WHERE name = 'hijacked'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(digest(&direct, &tables).await, before);
     // Staff: credit_limit is read-only
     let sam = env.connect("sam").await;
-    let e = expect_code_extended(
-        &sam,
-        "UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20",
-        "42501",
-    )
-    .await;
+    let read_only = "UPDATE customers SET credit_limit = 1 WHERE owner = 'sam' AND id < 20";
+    let e = refused_unchanged(&direct, &sam, read_only, "42501", &tables).await;
     assert!(
         common::message(&e).contains("credit_limit"),
         "{}",
@@ -450,32 +446,16 @@ async fn writes_are_confined() {
     );
     // Telemarketer: no edit at all
     let tom = env.connect("tom").await;
-    expect_code_extended(
-        &tom,
-        "UPDATE customers SET notes = 'x' WHERE id = 4",
-        "42501",
-    )
-    .await;
+    let no_edit = "UPDATE customers SET notes = 'x' WHERE id = 4";
+    refused_unchanged(&direct, &tom, no_edit, "42501", &tables).await;
     // copying an invisible value into a visible one is refused (dana: phone hidden off her records)
     let dana = env.connect("dana").await;
-    expect_code_extended(
-        &dana,
-        "UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20",
-        "42501",
-    )
-    .await;
+    let copy_hidden = "UPDATE customers SET notes = phone WHERE owner = 'dana' AND id < 20";
+    refused_unchanged(&direct, &dana, copy_hidden, "42501", &tables).await;
     // RETURNING obeys field rules
-    let gina_like = env.connect("carl").await;
-    expect_code_extended(
-        &gina_like,
-        "UPDATE orders SET status = status WHERE id = 1 RETURNING amount",
-        "42501",
-    )
-    .await;
-    assert_eq!(
-        scalar(&direct, "SELECT count(*) FROM customers WHERE notes = 'x'").await,
-        0
-    );
+    let carl = env.connect("carl").await;
+    let returning = "UPDATE orders SET status = status WHERE id = 1 RETURNING amount";
+    refused_unchanged(&direct, &carl, returning, "42501", &tables).await;
 }
 
 /// Error-message oracle: an error-raising predicate must not be evaluated on rows outside the
