@@ -555,3 +555,40 @@ async fn reads_inside_writes_are_scoped() {
         service_orders
     );
 }
+
+/// Tables the user sees in full are read in place with the scope first in WHERE (PostgreSQL
+/// plans that faster than a policy subquery). That form must keep the subquery's guarantees:
+/// system columns stay unreadable, and aliases cannot capture the scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_read_in_place_keep_the_scope() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let rita = env.connect("rita").await;
+    let mine = scalar(
+        &direct,
+        "SELECT count(*) FROM customers WHERE owner = 'rita'",
+    )
+    .await;
+    // system columns would reveal physical layout (and so out-of-scope rows): never readable
+    for sql in [
+        "SELECT ctid FROM customers",
+        "SELECT count(*) FROM customers c WHERE c.xmin::text <> ''",
+        "SELECT id FROM customers ORDER BY ctid LIMIT 1",
+        "SELECT tableoid, cmin, cmax, xmax FROM customers",
+        "SELECT count(*) FROM customers WHERE EXISTS (SELECT 1 FROM orders WHERE orders.ctid IS NOT NULL)",
+    ] {
+        let e = rita.simple_query(sql).await.expect_err(sql);
+        assert_eq!(code(&e), "42703", "{sql}: {e}");
+    }
+    // same alias inside and outside, correlated references, no WHERE, OR at the top level
+    for (sql, want) in [
+        ("SELECT count(*) FROM customers", mine),
+        ("SELECT count(*) FROM customers WHERE true OR owner <> 'rita'", mine),
+        ("SELECT count(*) FROM customers c WHERE EXISTS (SELECT 1 FROM customers c WHERE c.owner = 'sam')", 0),
+        ("SELECT count(*) FROM customers x WHERE NOT EXISTS (SELECT 1 FROM customers y WHERE y.id = x.id)", 0),
+        ("SELECT count(*) FROM (SELECT * FROM customers WHERE owner <> 'rita') s", 0),
+        ("SELECT count(*) FROM \"customers\" AS \"C\" WHERE \"C\".owner = 'rita'", mine),
+    ] {
+        assert_eq!(ints(&rita, sql).await, Ok(vec![want]), "{sql}");
+    }
+}

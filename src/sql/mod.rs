@@ -49,6 +49,8 @@ pub struct Cx<'a> {
     pub database: &'a str,
     pub max_depth: usize,
     generated: RefCell<HashSet<Query>>,
+    /// Generated flat scopes: (schema, table, alias, predicate) of tables read in place.
+    flat: RefCell<HashSet<(String, String, String, Expr)>>,
     memo: Option<&'a PolicyMemo>,
     /// Objects read by the statement (for export checks).
     touched: RefCell<Vec<String>>,
@@ -69,6 +71,7 @@ impl<'a> Cx<'a> {
             database,
             max_depth,
             generated: RefCell::new(HashSet::new()),
+            flat: RefCell::new(HashSet::new()),
             memo: None,
             touched: RefCell::new(Vec::new()),
         }
@@ -193,6 +196,33 @@ impl<'a> Cx<'a> {
             .map_err(|e| (*e).clone())?;
         self.generated.borrow_mut().extend(entry.1.iter().cloned());
         Ok(entry.0.clone())
+    }
+
+    /// The scope of `o` as a predicate on `alias`, when the table may be read in place
+    /// (see [`policy_sql::flat_scope`]); registered as trusted for the re-check.
+    pub fn flat_scope(&self, o: &ObjectPolicy, alias: &str) -> Result<Option<Expr>, ClientError> {
+        let Some(sql) = policy_sql::flat_scope(self.eff, o, alias) else {
+            return Ok(None);
+        };
+        self.touched.borrow_mut().push(o.object.clone());
+        let pred = Expr::Nested(Box::new(self.parse_generated_expr(&sql)?));
+        self.flat.borrow_mut().insert((
+            o.schema.clone(),
+            o.table.clone(),
+            alias.to_owned(),
+            pred.clone(),
+        ));
+        Ok(Some(pred))
+    }
+
+    /// Is `pred` the scope pgveil generated for `schema.table` read in place as `alias`?
+    pub fn is_flat_scope(&self, schema: &str, table: &str, alias: &str, pred: &Expr) -> bool {
+        self.flat.borrow().contains(&(
+            schema.to_owned(),
+            table.to_owned(),
+            alias.to_owned(),
+            pred.clone(),
+        ))
     }
 
     pub fn touched(&self) -> Vec<String> {

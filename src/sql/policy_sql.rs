@@ -135,6 +135,18 @@ pub fn read_subquery(eff: &Effective, o: &ObjectPolicy, depth: usize) -> String 
     )
 }
 
+/// The read scope of `o` as a predicate on the columns of `alias`, for a table the user sees
+/// in full (no masked or conditional column): reading `t AS alias WHERE <this> AND (…)` is then
+/// the same as reading the policy subquery, and PostgreSQL plans it faster. None when any
+/// column is masked (those need the subquery, so masks apply before anything else).
+pub fn flat_scope(eff: &Effective, o: &ObjectPolicy, alias: &str) -> Option<String> {
+    if o.columns.is_empty() || o.columns.iter().any(|c| c.read != ColumnRead::Visible) {
+        return None;
+    }
+    let qualified = |c: &str| format!("{}.{}", ident(alias), ident(c));
+    Some(pred_sql(eff, o, &o.read, &qualified, 0))
+}
+
 /// All columns of the rows of `o` admitted by `p`, unmasked: used only inside write checks
 /// (counting rows for bulk limits), never returned to the client.
 pub fn scoped_rows(eff: &Effective, o: &ObjectPolicy, p: &RowPred) -> String {

@@ -7,8 +7,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Query, Select, SetExpr, TableAlias, TableFactor, Value, ValueWithSpan, VisitMut,
-    VisitorMut,
+    BinaryOperator, Expr, Ident, ObjectName, Query, Select, SetExpr, TableAlias, TableFactor,
+    Value, ValueWithSpan, Visit, VisitMut, VisitorMut,
 };
 
 use super::resolve::{fold, parts, resolve, Resolved};
@@ -28,6 +28,68 @@ struct ViewOnly {
     pk: String,
 }
 
+/// One SELECT being visited.
+#[derive(Default)]
+struct SelectFrame {
+    view_only: Vec<ViewOnly>,
+    /// Address of its only FROM relation when that is a plain table (0 otherwise): a table
+    /// the user sees in full may be read there in place, with the scope added to WHERE.
+    in_place: usize,
+    /// Rewrite: the scope to put first in WHERE.
+    scope: Option<Expr>,
+    /// Verify: `in_place` is read in place under the scope pgveil generated for it.
+    scope_verified: bool,
+}
+
+fn tf_addr(tf: &TableFactor) -> usize {
+    tf as *const TableFactor as usize
+}
+
+/// The only FROM relation of `s`, if it is a plain table without column aliases.
+fn single_table(s: &Select) -> Option<&TableFactor> {
+    let [twj] = s.from.as_slice() else {
+        return None;
+    };
+    match &twj.relation {
+        tf @ TableFactor::Table {
+            alias, args: None, ..
+        } if twj.joins.is_empty() && alias.as_ref().is_none_or(|a| a.columns.is_empty()) => {
+            Some(tf)
+        }
+        _ => None,
+    }
+}
+
+/// System columns: readable on a table, absent from a policy subquery.
+const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
+
+/// Does any identifier in `node` name a system column?
+fn names_system_column<T: Visit>(node: &T) -> bool {
+    let is_system = |id: &Ident| {
+        SYSTEM_COLUMNS
+            .iter()
+            .any(|c| id.value.eq_ignore_ascii_case(c))
+    };
+    let found = sqlparser::ast::visit_expressions(node, |e| match e {
+        Expr::Identifier(id) if is_system(id) => ControlFlow::Break(()),
+        Expr::CompoundIdentifier(ids) if ids.iter().any(is_system) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    found.is_break()
+}
+
+/// The first conjunct of a WHERE clause.
+fn leading_conjunct(selection: Option<&Expr>) -> Option<&Expr> {
+    match selection? {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            ..
+        } => Some(left),
+        e => Some(e),
+    }
+}
+
 /// Rewrite, or verify an already rewritten statement (the printer is not trusted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -40,9 +102,12 @@ pub struct ReadPass<'c, 'a> {
     cx: &'c Cx<'a>,
     mode: Mode,
     frames: Vec<Frame>,
-    selects: Vec<Vec<ViewOnly>>,
+    selects: Vec<SelectFrame>,
     /// Verify mode: nesting inside generated policy subqueries.
     trusted: Vec<bool>,
+    /// Rewrite mode: tables may be read in place (the statement names no system column,
+    /// which a table read in place would expose and a policy subquery does not).
+    in_place_ok: bool,
 }
 
 fn addr(q: &Query) -> usize {
@@ -57,12 +122,18 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             frames: Vec::new(),
             selects: Vec::new(),
             trusted: Vec::new(),
+            in_place_ok: false,
         }
     }
 
     /// Rewrite (or verify) any visitable node.
-    pub fn run<T: VisitMut>(cx: &'c Cx<'a>, mode: Mode, node: &mut T) -> Result<(), ClientError> {
+    pub fn run<T: VisitMut + Visit>(
+        cx: &'c Cx<'a>,
+        mode: Mode,
+        node: &mut T,
+    ) -> Result<(), ClientError> {
         let mut pass = ReadPass::new(cx, mode);
+        pass.in_place_ok = mode == Mode::Rewrite && !names_system_column(node);
         match node.visit(&mut pass) {
             ControlFlow::Break(e) => Err(e),
             ControlFlow::Continue(()) => Ok(()),
@@ -77,6 +148,7 @@ impl<'c, 'a> ReadPass<'c, 'a> {
     }
 
     fn rewrite_table(&mut self, tf: &mut TableFactor) -> Result<(), ClientError> {
+        let here = tf_addr(tf);
         let TableFactor::Table {
             name,
             alias,
@@ -138,7 +210,11 @@ impl<'c, 'a> ReadPass<'c, 'a> {
                 Resolved::Object(s, t) => (s, t),
             };
         if self.mode == Mode::Verify {
-            return if self.trusted.iter().any(|t| *t) {
+            let in_place = self
+                .selects
+                .last()
+                .is_some_and(|f| f.in_place == here && f.scope_verified);
+            return if in_place || self.trusted.iter().any(|t| *t) {
                 Ok(())
             } else {
                 Err(ClientError::denied(format!(
@@ -151,7 +227,8 @@ impl<'c, 'a> ReadPass<'c, 'a> {
         if !list && !o.allows("view") {
             return Err(super::denied_action(o, "list"));
         }
-        let alias = alias.take().unwrap_or_else(|| TableAlias {
+        let alias_slot = alias;
+        let alias = alias_slot.take().unwrap_or_else(|| TableAlias {
             explicit: true,
             at: None,
             name: sqlparser::ast::Ident::with_quote('"', table.clone()),
@@ -161,13 +238,27 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             let pk = o.primary_key.clone();
             let alias_name = fold(&alias.name)?;
             if let Some(top) = self.selects.last_mut() {
-                top.push(ViewOnly {
+                top.view_only.push(ViewOnly {
                     alias: alias_name,
                     table: table.clone(),
                     pk,
                 });
             } else {
                 return Err(super::denied_action(o, "list"));
+            }
+        }
+        if self.selects.last().is_some_and(|f| f.in_place == here) {
+            if let Some(scope) = self.cx.flat_scope(o, &fold(&alias.name)?)? {
+                // Read in place, by its resolved name, with the scope first in WHERE.
+                *name = ObjectName::from(vec![
+                    Ident::with_quote('"', schema),
+                    Ident::with_quote('"', table),
+                ]);
+                *alias_slot = Some(alias);
+                if let Some(top) = self.selects.last_mut() {
+                    top.scope = Some(scope);
+                }
+                return Ok(());
             }
         }
         let subquery = self.cx.policy_subquery(o)?;
@@ -178,6 +269,31 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             sample: None,
         };
         Ok(())
+    }
+}
+
+impl ReadPass<'_, '_> {
+    /// Verify: is the only table of `s` read under the scope pgveil generated for it (the
+    /// first conjunct of WHERE, for that table under that alias)?
+    fn scope_verified(&self, s: &Select) -> bool {
+        let Some(TableFactor::Table {
+            name,
+            alias: Some(alias),
+            ..
+        }) = single_table(s)
+        else {
+            return false;
+        };
+        let (Ok(alias), Some(lead)) = (fold(&alias.name), leading_conjunct(s.selection.as_ref()))
+        else {
+            return false;
+        };
+        match resolve(self.cx.snap, self.cx.search_path, self.cx.database, name) {
+            Ok(Resolved::Object(schema, table)) => {
+                self.cx.is_flat_scope(&schema, &table, &alias, lead)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -296,16 +412,24 @@ impl VisitorMut for ReadPass<'_, '_> {
                 "permission denied: SELECT INTO creates a table, which is not allowed for restricted users",
             ));
         }
-        self.selects.push(Vec::new());
+        let candidate = self.mode == Mode::Verify || self.in_place_ok;
+        let mut frame = SelectFrame {
+            in_place: single_table(s).filter(|_| candidate).map_or(0, tf_addr),
+            ..SelectFrame::default()
+        };
+        if self.mode == Mode::Verify && frame.in_place != 0 {
+            frame.scope_verified = self.scope_verified(s);
+        }
+        self.selects.push(frame);
         ControlFlow::Continue(())
     }
 
     fn post_visit_select(&mut self, s: &mut Select) -> ControlFlow<ClientError> {
-        let pending = self.selects.pop().unwrap_or_default();
+        let frame = self.selects.pop().unwrap_or_default();
         if self.mode == Mode::Verify {
             return ControlFlow::Continue(());
         }
-        for v in pending {
+        for v in frame.view_only {
             if !has_pk_lookup(s.selection.as_ref(), &v) {
                 return ControlFlow::Break(ClientError::Denied {
                     message: format!(
@@ -315,6 +439,17 @@ impl VisitorMut for ReadPass<'_, '_> {
                     hint: Some(format!("read single records with WHERE {} = <value>", v.pk)),
                 });
             }
+        }
+        // After the list/view check, which must see only the user's own WHERE.
+        if let Some(scope) = frame.scope {
+            s.selection = Some(match s.selection.take() {
+                None => scope,
+                Some(w) => Expr::BinaryOp {
+                    left: Box::new(scope),
+                    op: BinaryOperator::And,
+                    right: Box::new(Expr::Nested(Box::new(w))),
+                },
+            });
         }
         ControlFlow::Continue(())
     }
