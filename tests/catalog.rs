@@ -143,6 +143,16 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
         .unwrap();
     assert_eq!(count(&rita, "EXECUTE mine").await.unwrap(), before);
     let d = env.direct().await;
+    // a reload that changes someone else's policy leaves them working
+    let tom = env.connect("tom").await;
+    d.batch_execute("SELECT pgveil.revoke_role('tom', 'Telemarketer')")
+        .await
+        .unwrap();
+    eventually("tom refused", || async {
+        matches!(tom.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
+    })
+    .await;
+    assert_eq!(count(&rita, "EXECUTE mine").await.unwrap(), before);
     d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')")
         .await
         .unwrap();

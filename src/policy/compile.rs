@@ -384,6 +384,9 @@ pub struct Effective {
     /// keyed by (schema, table)
     pub objects: BTreeMap<(String, String), ObjectPolicy>,
     pub owner_value: String,
+    /// SHA-256 (hex) of everything above except the generation: equal for two compilations
+    /// exactly when they enforce the same way, whatever else changed in the catalog.
+    pub content_digest: String,
 }
 
 impl Effective {
@@ -420,15 +423,31 @@ pub fn compile(snap: &Snapshot, user: &User, active: &[usize]) -> Effective {
         let op = compile_object(snap, user, obj, &chains);
         objects.insert((obj.schema.clone(), obj.table.clone()), op);
     }
+    let roles: Vec<String> = direct.into_iter().collect();
+    // Debug output of ordered maps and sets is deterministic.
+    let content = format!(
+        "{:?}",
+        (
+            &user.name,
+            unrestricted,
+            &roles,
+            &system_permissions,
+            &restrictions,
+            &objects,
+            &user.owner_value
+        )
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
     Effective {
         user: user.name.clone(),
         generation: snap.generation,
         unrestricted,
-        roles: direct.into_iter().collect(),
+        roles,
         system_permissions,
         restrictions,
         objects,
         owner_value: user.owner_value.clone(),
+        content_digest: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 

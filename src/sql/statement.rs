@@ -43,8 +43,10 @@ const SETTABLE: &[&str] = &[
 ];
 
 /// SQL-level prepared statements live in PostgreSQL, out of pgveil's sight: their names are
-/// scoped to the policy they were enforced under (`pgveil_<fingerprint>_<name>`), so after a
-/// policy change `EXECUTE` finds no statement (26000) instead of running an outdated rewrite.
+/// scoped to the policy they were enforced under (`pgveil_<digest of the user's effective
+/// policy>_<name>`), so after a change to *their* policy `EXECUTE` finds no statement (26000)
+/// instead of running an outdated rewrite, while unrelated catalog reloads (other users, DDL
+/// elsewhere) leave them working.
 fn policy_scoped_name(cx: &Cx<'_>, name: &Ident) -> Result<Ident, ClientError> {
     let folded = super::resolve::fold(name)?;
     if folded.len() > MAX_PREPARED_NAME {
@@ -52,13 +54,7 @@ fn policy_scoped_name(cx: &Cx<'_>, name: &Ident) -> Result<Ident, ClientError> {
             "prepared statement names are limited to {MAX_PREPARED_NAME} bytes through pgveil"
         )));
     }
-    let identity = format!(
-        "{}\0{}\0{}",
-        cx.snap.generation,
-        cx.eff.user,
-        cx.eff.roles.join("\0")
-    );
-    let fp = &super::fingerprint(&identity)[..8];
+    let fp = cx.eff.content_digest.get(..8).unwrap_or("00000000");
     Ok(Ident::with_quote('"', format!("pgveil_{fp}_{folded}")))
 }
 
