@@ -580,6 +580,17 @@ async fn tables_read_in_place_keep_the_scope() {
         let e = rita.simple_query(sql).await.expect_err(sql);
         assert_eq!(code(&e), "42703", "{sql}: {e}");
     }
+    // functional notation for a column: not an allowed function either
+    for sql in [
+        "SELECT ctid(customers) FROM customers",
+        "SELECT xmin(c) FROM customers c",
+    ] {
+        let e = rita.simple_query(sql).await.expect_err(sql);
+        assert!(
+            ["42703", "42501"].contains(&code(&e).as_str()),
+            "{sql}: {e}"
+        );
+    }
     // same alias inside and outside, correlated references, no WHERE, OR at the top level
     for (sql, want) in [
         ("SELECT count(*) FROM customers", mine),

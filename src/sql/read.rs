@@ -73,6 +73,16 @@ fn names_system_column<T: Visit>(node: &T) -> bool {
     let found = sqlparser::ast::visit_expressions(node, |e| match e {
         Expr::Identifier(id) if is_system(id) => ControlFlow::Break(()),
         Expr::CompoundIdentifier(ids) if ids.iter().any(is_system) => ControlFlow::Break(()),
+        // functional notation `ctid(t)` reaches a column too
+        Expr::Function(f)
+            if f.name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(is_system) =>
+        {
+            ControlFlow::Break(())
+        }
         _ => ControlFlow::Continue(()),
     });
     found.is_break()
