@@ -307,8 +307,20 @@ fn main() -> anyhow::Result<()> {
         "vs base",
         "proxy us/tx"
     );
+    // Optional filters, e.g. PGVEIL_BENCH_WORKLOADS=simple,tpcb PGVEIL_BENCH_CLIENTS=16
+    let wanted = |var: &str, item: &str| {
+        std::env::var(var)
+            .map(|v| v.split(',').any(|w| item.contains(w.trim())))
+            .unwrap_or(true)
+    };
     for (name, args) in workloads {
+        if !wanted("PGVEIL_BENCH_WORKLOADS", name) {
+            continue;
+        }
         for clients in [1u32, 16] {
+            if !wanted("PGVEIL_BENCH_CLIENTS", &clients.to_string()) {
+                continue;
+            }
             let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {
                 for k in 0..targets.len() {

@@ -386,7 +386,7 @@ pub struct Effective {
     pub owner_value: String,
     /// SHA-256 (hex) of everything above except the generation: equal for two compilations
     /// exactly when they enforce the same way, whatever else changed in the catalog.
-    pub content_digest: String,
+    pub content_digest: std::sync::Arc<str>,
 }
 
 impl Effective {
@@ -447,7 +447,12 @@ pub fn compile(snap: &Snapshot, user: &User, active: &[usize]) -> Effective {
         restrictions,
         objects,
         owner_value: user.owner_value.clone(),
-        content_digest: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        content_digest: digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into(),
     }
 }
 

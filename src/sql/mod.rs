@@ -438,20 +438,19 @@ fn fingerprint(sql: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RewriteKey {
     generation: u64,
-    user: String,
-    roles: Vec<String>,
+    /// Digest of the user's effective policy (user, roles, scopes, fields…): no allocation.
+    policy: Arc<str>,
     prepared: bool,
     sql: String,
 }
 
 impl RewriteKey {
-    fn new(snap: &Snapshot, eff: &Effective, sql: &str, prepared: bool) -> Self {
+    fn new(snap: &Snapshot, eff: &Effective, sql: String, prepared: bool) -> Self {
         RewriteKey {
             generation: snap.generation,
-            user: eff.user.clone(),
-            roles: eff.roles.clone(),
+            policy: eff.content_digest.clone(),
             prepared,
-            sql: sql.to_owned(),
+            sql,
         }
     }
 }
@@ -502,14 +501,15 @@ impl RewriteCache {
         sql: &str,
     ) -> Verdict {
         if let Some(n) = normalize::normalize(sql) {
-            let key = RewriteKey::new(snap, eff, &n.template, false);
+            let (template, literals) = n.into_parts();
+            let key = RewriteKey::new(snap, eff, template, false);
             let splice = self.templates.get_with_by_ref(&key, || {
-                match self.enforce(limits, snap, eff, &n.template, false) {
+                match self.enforce(limits, snap, eff, &key.sql, false) {
                     Verdict::Forward(template) => normalize::splice(&template).map(Arc::new),
                     _ => None,
                 }
             });
-            if let Some(text) = splice.and_then(|s| s.fill(&n)) {
+            if let Some(text) = splice.and_then(|s| s.fill(&literals)) {
                 return Verdict::Forward(text);
             }
         }
@@ -525,7 +525,7 @@ impl RewriteCache {
         sql: &str,
         prepared: bool,
     ) -> Verdict {
-        let key = RewriteKey::new(snap, eff, sql, prepared);
+        let key = RewriteKey::new(snap, eff, sql.to_owned(), prepared);
         let verdict = self.verdicts.get_with_by_ref(&key, || {
             let cx = Cx::new(
                 eff,

@@ -20,6 +20,13 @@ pub struct Normalized {
     literals: Vec<String>,
 }
 
+impl Normalized {
+    /// The template and the literals taken out of it.
+    pub fn into_parts(self) -> (String, Vec<String>) {
+        (self.template, self.literals)
+    }
+}
+
 /// Replace number and string literal tokens by `$1…$n`. None if there is nothing to gain or
 /// the text already has placeholders.
 pub fn normalize(sql: &str) -> Option<Normalized> {
@@ -103,13 +110,13 @@ pub fn splice(enforced: &str) -> Option<Splice> {
 impl Splice {
     /// The enforced template with the statement's literals back in place. None if the
     /// template refers to a literal the statement does not have.
-    pub fn fill(&self, n: &Normalized) -> Option<String> {
+    pub fn fill(&self, literals: &[String]) -> Option<String> {
         let mut out = String::with_capacity(
             self.tail.len() + self.parts.iter().map(|(t, _)| t.len() + 16).sum::<usize>(),
         );
         for (text, i) in &self.parts {
             out.push_str(text);
-            out.push_str(n.literals.get(*i)?);
+            out.push_str(literals.get(*i)?);
         }
         out.push_str(&self.tail);
         Some(out)
@@ -130,18 +137,23 @@ mod tests {
         let back = splice(
             "SELECT * FROM (SELECT a FROM t WHERE o = 'r') AS t WHERE a = $1 AND b = $2 AND c = $3",
         )
-        .and_then(|s| s.fill(&n))
+        .and_then(|s| s.fill(&n.literals))
         .unwrap();
         assert_eq!(back, "SELECT * FROM (SELECT a FROM t WHERE o = 'r') AS t WHERE a = 5 AND b = 'x''y' AND c = E'q\\\\'");
         assert!(normalize("SELECT $1").is_none());
         assert!(normalize("SELECT a FROM t").is_none());
         // a placeholder the template does not have is refused
-        assert!(splice("SELECT $9").and_then(|s| s.fill(&n)).is_none());
+        assert!(splice("SELECT $9")
+            .and_then(|s| s.fill(&n.literals))
+            .is_none());
         // signs: unary after a delimiter is fine, glued to an operator is not
         let n2 = normalize("UPDATE t SET a = a + -5, b = (-7)").unwrap();
         assert_eq!(n2.template, "UPDATE t SET a = a + -$1, b = (-$2)");
         let s2 = splice("UPDATE t SET a = a + -$1, b = (-$2)").unwrap();
-        assert_eq!(s2.fill(&n2).unwrap(), "UPDATE t SET a = a + -5, b = (-7)");
+        assert_eq!(
+            s2.fill(&n2.literals).unwrap(),
+            "UPDATE t SET a = a + -5, b = (-7)"
+        );
         assert!(splice("SELECT a +-$1").is_none());
         // a placeholder a literal could merge with is not spliced
         assert!(splice("SELECT x.$1").is_none());
