@@ -342,12 +342,13 @@ mod tests {
     #[test]
     fn all_problems_reported_at_once() {
         let c = Config::parse(&format!(
-            "[server]\nlisten='nope'\nmax_connections=0\n{MIN}"
+            "[server]\nlisten='nope'\nmax_connections=0\nsession_threads=1000\n{MIN}"
         ))
         .unwrap();
         let p = c.problems();
         assert!(p.iter().any(|s| s.starts_with("server.listen")));
         assert!(p.iter().any(|s| s.starts_with("server.max_connections")));
+        assert!(p.iter().any(|s| s.starts_with("server.session_threads")));
     }
 
     #[test]

@@ -576,3 +576,42 @@ async fn pgbench_runs_through_pgveil_in_every_protocol_mode() {
         }
     }
 }
+
+/// No session state crosses sessions: each client session has its own upstream session, so
+/// temporary tables, settings and the backend itself never carry over, concurrently or after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_is_shared_between_sessions() {
+    let env = Env::start().await;
+    let a = env.connect("admin").await;
+    a.batch_execute(
+        "CREATE TEMP TABLE leak_probe(x int); INSERT INTO leak_probe VALUES (1); SET application_name = 'leaky'; SET statement_timeout = '1234ms'",
+    )
+    .await
+    .unwrap();
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let state = "SELECT pg_backend_pid(), to_regclass('pg_temp.leak_probe') IS NULL, current_setting('application_name'), current_setting('statement_timeout')";
+    // concurrently: another session (another user, then the same user) sees none of it
+    for user in ["olivia", "admin"] {
+        let b = env.connect(user).await;
+        let r = b.query_one(state, &[]).await.unwrap();
+        assert_ne!(r.get::<_, i32>(0), pid_a, "{user} shares a backend");
+        assert!(
+            r.get::<_, bool>(1),
+            "{user} sees another session's temp table"
+        );
+        assert_ne!(r.get::<_, String>(2), "leaky");
+        assert_eq!(r.get::<_, String>(3), "0");
+    }
+    // afterwards: a new session is a new backend with default settings
+    drop(a);
+    let c = env.connect("admin").await;
+    let r = c.query_one(state, &[]).await.unwrap();
+    assert_ne!(r.get::<_, i32>(0), pid_a);
+    assert!(r.get::<_, bool>(1));
+    assert_ne!(r.get::<_, String>(2), "leaky");
+    assert_eq!(r.get::<_, String>(3), "0");
+}
