@@ -125,7 +125,7 @@ const QUERIES: &[(&str, &str)] = &[
 
 fn bench_rewrite(c: &mut Criterion) {
     let catalog = pgveil::policy::file::parse(pgveil::demo::POLICY_TOML).expect("demo policy");
-    let store = PolicyStore::new(catalog, demo_relations(), 1000);
+    let store = PolicyStore::new(catalog, demo_relations(), true, 1000);
     let snap = store.snapshot();
     let now = chrono::Utc::now();
     let search_path = vec!["public".to_owned()];
@@ -323,7 +323,7 @@ fn bench_compile(c: &mut Criterion) {
         "policy/snapshot_index (10k users, 200 roles, 300 tables)",
         |b| b.iter(|| black_box(Snapshot::new(1, cat.clone(), rels.clone()))),
     );
-    let store = PolicyStore::new(cat, rels, 100_000);
+    let store = PolicyStore::new(cat, rels, true, 100_000);
     let snap = store.snapshot();
     let user = snap.user("u4242").expect("user").clone();
     let now = chrono::Utc::now();

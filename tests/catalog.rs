@@ -596,3 +596,66 @@ async fn segregation_of_duties_audit_trail_and_idempotent_init() {
         2
     );
 }
+
+/// A reload that finds nothing changed (DDL fires one for every index or temporary table)
+/// keeps the policy generation, so rewrite caches and prepared statements stay as they are;
+/// a real change (a new column) still reloads. Without the DDL trigger, a column added
+/// upstream stays unreadable (tables go through policy subqueries of known columns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_follow_structure_changes_and_skip_no_ops() {
+    let env = Env::start().await;
+    let store = env.running.server.store.clone();
+    let looked = |n: u64| {
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move { store.reloads_checked() > n }
+        }
+    };
+    eventually("the reloader's first look", looked(0)).await;
+    assert!(
+        store.snapshot().relations_tracked,
+        "the demo installs the DDL trigger"
+    );
+    let g0 = store.snapshot().generation;
+    let seen = store.reloads_checked();
+    let d = env.direct().await;
+    d.batch_execute("CREATE INDEX customers_name_idx ON customers (name)")
+        .await
+        .unwrap();
+    eventually("the DDL reload looked at", looked(seen)).await;
+    assert_eq!(
+        store.snapshot().generation,
+        g0,
+        "an index changed nothing pgveil reads"
+    );
+    d.batch_execute("ALTER TABLE customers ADD COLUMN loyalty int")
+        .await
+        .unwrap();
+    eventually("a new column reloads", || {
+        let store = store.clone();
+        async move { store.snapshot().generation > g0 }
+    })
+    .await;
+    // without the trigger: a column added later is not readable until pgveil knows it
+    let seen = store.reloads_checked();
+    d.batch_execute("ALTER EVENT TRIGGER pgveil_ddl DISABLE; NOTIFY pgveil_policy, 'test'")
+        .await
+        .unwrap();
+    eventually("untracked reload", looked(seen)).await;
+    assert!(!store.snapshot().relations_tracked);
+    d.batch_execute("ALTER TABLE customers ADD COLUMN secret text DEFAULT 's3cret'")
+        .await
+        .unwrap();
+    let rita = env.connect("rita").await;
+    expect_code(&rita, "SELECT secret FROM customers", "42703").await;
+    let rows = rita
+        .simple_query("SELECT * FROM customers LIMIT 1")
+        .await
+        .unwrap();
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            assert!(r.columns().iter().all(|c| c.name() != "secret"));
+        }
+    }
+}

@@ -233,7 +233,7 @@ impl Visitor for Check<'_> {
 fn random_sql_never_panics_and_never_escapes_the_policy() {
     let catalog = pgveil::policy::file::parse(pgveil::demo::POLICY_TOML).unwrap();
     let relations = bench_relations();
-    let store = PolicyStore::new(catalog, relations, 100);
+    let store = PolicyStore::new(catalog, relations, true, 100);
     let snap = store.snapshot();
     let protected = [
         "customers",

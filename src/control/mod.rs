@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::Config;
-use crate::policy::load::{load_catalog, load_relations, LoadError};
+use crate::policy::load::{ddl_trigger_enabled, load_catalog, load_relations, LoadError};
 use crate::policy::PolicyStore;
 use crate::server::Server;
 use crate::upstream::UpstreamTarget;
@@ -70,34 +70,45 @@ pub async fn connect(
     Ok(client)
 }
 
+/// What one load reads: the catalog, the upstream relations, and whether structure changes
+/// upstream reach pgveil (the DDL event trigger notifies on the channel pgveil listens to,
+/// which needs the catalog in the upstream database).
+pub struct Loaded {
+    pub catalog: crate::policy::model::Catalog,
+    pub relations: crate::policy::model::RelationMap,
+    pub relations_tracked: bool,
+}
+
 /// Load catalog and relations (relations come from the upstream database).
-pub async fn load_all(
-    config: &Config,
-    catalog: &Client,
-) -> Result<
-    (
-        crate::policy::model::Catalog,
-        crate::policy::model::RelationMap,
-    ),
-    ControlError,
-> {
+pub async fn load_all(config: &Config, catalog: &Client) -> Result<Loaded, ControlError> {
     let cat = load_catalog(catalog).await?;
-    let rels = if config.catalog_database() == config.upstream.database {
-        load_relations(catalog).await?
+    let (relations, relations_tracked) = if config.catalog_database() == config.upstream.database {
+        let tracked = ddl_trigger_enabled(catalog).await?;
+        (load_relations(catalog).await?, tracked)
     } else {
         let up = connect(config, &config.upstream.database, None).await?;
-        load_relations(&up).await?
+        (load_relations(&up).await?, false)
     };
-    Ok((cat, rels))
+    Ok(Loaded {
+        catalog: cat,
+        relations,
+        relations_tracked,
+    })
 }
 
 /// The first policy snapshot; pgveil does not start without a valid catalog.
 pub async fn initial_store(config: &Config) -> Result<Arc<PolicyStore>, ControlError> {
     let client = connect(config, config.catalog_database(), None).await?;
-    let (cat, rels) = load_all(config, &client).await?;
+    let l = load_all(config, &client).await?;
+    if !l.relations_tracked {
+        tracing::warn!(
+            "pgveil's DDL event trigger is not installed where relations are read (run `pgveil init` as a superuser, with the catalog in the upstream database): structure changes reload only with the next policy change, and protected tables are always read through policy subqueries"
+        );
+    }
     Ok(Arc::new(PolicyStore::new(
-        cat,
-        rels,
+        l.catalog,
+        l.relations,
+        l.relations_tracked,
         config.catalog.cache_capacity,
     )))
 }
@@ -150,11 +161,16 @@ async fn listen_and_reload(server: &Arc<Server>) -> Result<(), ControlError> {
 
 async fn reload(server: &Arc<Server>, client: &Client) {
     match load_all(&server.config, client).await {
-        Ok((cat, rels)) => {
-            let generation = server.store.install(cat, rels);
-            server.rewrites.invalidate_all();
-            tracing::info!(generation, "policy reloaded");
-        }
+        Ok(l) => match server
+            .store
+            .install_if_changed(l.catalog, l.relations, l.relations_tracked)
+        {
+            Some(generation) => {
+                server.rewrites.invalidate_all();
+                tracing::info!(generation, "policy reloaded");
+            }
+            None => tracing::debug!("policy unchanged; caches kept"),
+        },
         Err(e) => tracing::error!(error = %e, "policy reload failed; keeping the last good policy"),
     }
 }

@@ -51,6 +51,8 @@ pub async fn provision(pg: &EmbeddedPg, cfg: &Config) -> anyhow::Result<()> {
     let mut client = crate::control::connect(cfg, "crm", None).await?;
     client.batch_execute(CRM_SQL).await?;
     crate::policy::migrate::migrate(&mut client).await?;
+    // as `pgveil init` run by a superuser would: structure changes reload the policy
+    pg.psql("crm", crate::policy::migrate::DDL_TRIGGER_SQL)?;
     let policy = crate::policy::file::parse(POLICY_TOML)?;
     crate::policy::file::apply(&mut client, &policy).await?;
     for u in USERS {

@@ -18,6 +18,10 @@ pub struct Snapshot {
     pub generation: u64,
     pub catalog: Catalog,
     pub relations: RelationMap,
+    /// Structure changes upstream reload the policy (pgveil's DDL event trigger is installed
+    /// in the database it reads relations from and listens on). Only then may a table be read
+    /// in place: otherwise a column added later would be readable before pgveil knew of it.
+    pub relations_tracked: bool,
     users: HashMap<String, usize>,
     roles: HashMap<String, usize>,
     objects: HashMap<String, usize>,
@@ -133,6 +137,7 @@ impl Snapshot {
             generation,
             catalog,
             relations,
+            relations_tracked: false,
             users,
             roles,
             objects,
@@ -140,6 +145,12 @@ impl Snapshot {
             dept_children,
             safe_functions,
         }
+    }
+
+    /// The same snapshot, saying whether structure changes reload it.
+    pub fn with_relations_tracked(mut self, tracked: bool) -> Snapshot {
+        self.relations_tracked = tracked;
+        self
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

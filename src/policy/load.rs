@@ -277,6 +277,18 @@ fn parse_time(s: &str) -> Result<chrono::NaiveTime, LoadError> {
 }
 
 /// Relations (tables, views, matviews, partitioned and foreign tables) in user schemas.
+/// Is pgveil's DDL event trigger installed and enabled in this database?
+pub async fn ddl_trigger_enabled(c: &Client) -> Result<bool, LoadError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
+             WHERE evtname = 'pgveil_ddl' AND evtenabled <> 'D')",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 pub async fn load_relations(c: &Client) -> Result<RelationMap, LoadError> {
     let rows = c
         .query(

@@ -41,16 +41,17 @@ pub async fn migrate(c: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> 
         .await?;
     tx.commit().await?;
     // Structure changes (new columns, tables) also reload policy; needs superuser, optional.
-    let _ = c
-        .batch_execute(
-            "CREATE OR REPLACE FUNCTION pgveil.notify_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_notify('pgveil_policy', 'ddl'); END $$;
-             DROP EVENT TRIGGER IF EXISTS pgveil_ddl;
-             CREATE EVENT TRIGGER pgveil_ddl ON ddl_command_end EXECUTE FUNCTION pgveil.notify_ddl();",
-        )
-        .await;
+    let _ = c.batch_execute(DDL_TRIGGER_SQL).await;
     Ok(applied)
 }
+
+/// The event trigger that reloads policy on structure changes (needs a superuser). Without it
+/// pgveil reads every protected table through policy subqueries (see `Snapshot`).
+pub const DDL_TRIGGER_SQL: &str =
+    "CREATE OR REPLACE FUNCTION pgveil.notify_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+     BEGIN PERFORM pg_notify('pgveil_policy', 'ddl'); END $$;
+     DROP EVENT TRIGGER IF EXISTS pgveil_ddl;
+     CREATE EVENT TRIGGER pgveil_ddl ON ddl_command_end EXECUTE FUNCTION pgveil.notify_ddl();";
 
 /// Latest catalog version this binary knows.
 pub fn latest_version() -> i32 {

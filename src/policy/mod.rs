@@ -31,6 +31,8 @@ pub struct PolicyStore {
     snapshot: ArcSwap<Snapshot>,
     cache: moka::sync::Cache<EffKey, Arc<Effective>>,
     next_generation: AtomicU64,
+    /// Reloads looked at (installed or found unchanged): lets callers see a reload happened.
+    reloads_checked: AtomicU64,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -46,12 +48,15 @@ impl PolicyStore {
     pub fn new(
         catalog: model::Catalog,
         relations: model::RelationMap,
+        relations_tracked: bool,
         capacity: u64,
     ) -> PolicyStore {
+        let first = Snapshot::new(1, catalog, relations).with_relations_tracked(relations_tracked);
         PolicyStore {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(1, catalog, relations)),
+            snapshot: ArcSwap::from_pointee(first),
             cache: moka::sync::Cache::new(capacity),
             next_generation: AtomicU64::new(2),
+            reloads_checked: AtomicU64::new(0),
         }
     }
 
@@ -60,11 +65,41 @@ impl PolicyStore {
         self.snapshot.load_full()
     }
 
+    /// Install a freshly loaded catalog unless it equals the current one. Returns the new
+    /// generation, or None when nothing changed: then every cache stays warm (DDL fires a
+    /// reload, and most DDL — indexes, temporary tables, other schemas' functions — changes
+    /// nothing pgveil reads).
+    pub fn install_if_changed(
+        &self,
+        catalog: model::Catalog,
+        relations: model::RelationMap,
+        relations_tracked: bool,
+    ) -> Option<u64> {
+        let current = self.snapshot.load();
+        let changed = current.catalog != catalog
+            || current.relations != relations
+            || current.relations_tracked != relations_tracked;
+        let installed = changed.then(|| self.install(catalog, relations, relations_tracked));
+        self.reloads_checked.fetch_add(1, Ordering::SeqCst);
+        installed
+    }
+
+    /// How many reloads have been looked at so far.
+    pub fn reloads_checked(&self) -> u64 {
+        self.reloads_checked.load(Ordering::SeqCst)
+    }
+
     /// Install a new catalog; returns its generation.
-    pub fn install(&self, catalog: model::Catalog, relations: model::RelationMap) -> u64 {
+    pub fn install(
+        &self,
+        catalog: model::Catalog,
+        relations: model::RelationMap,
+        relations_tracked: bool,
+    ) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
-        self.snapshot
-            .store(Arc::new(Snapshot::new(generation, catalog, relations)));
+        let snap =
+            Snapshot::new(generation, catalog, relations).with_relations_tracked(relations_tracked);
+        self.snapshot.store(Arc::new(snap));
         self.cache.invalidate_all();
         generation
     }

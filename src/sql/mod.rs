@@ -201,6 +201,10 @@ impl<'a> Cx<'a> {
     /// The scope of `o` as a predicate on `alias`, when the table may be read in place
     /// (see [`policy_sql::flat_scope`]); registered as trusted for the re-check.
     pub fn flat_scope(&self, o: &ObjectPolicy, alias: &str) -> Result<Option<Expr>, ClientError> {
+        // Only when pgveil hears of new columns: the subquery lists the columns it knows.
+        if !self.snap.relations_tracked {
+            return Ok(None);
+        }
         let Some(sql) = policy_sql::flat_scope(self.eff, o, alias) else {
             return Ok(None);
         };
