@@ -160,6 +160,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 println!("applied catalog migrations {applied:?}");
             }
+            let tracked = cfg.catalog_database() == cfg.upstream.database
+                && crate::policy::load::ddl_trigger_enabled(&client).await?;
+            if tracked {
+                println!(
+                    "DDL event trigger pgveil_ddl is enabled: structure changes reload the policy"
+                );
+            } else {
+                println!(
+                    "note: structure changes upstream do not reload the policy (the DDL event trigger \
+                     needs a superuser running `pgveil init`, and the catalog in the upstream \
+                     database); pgveil then reads every protected table through policy subqueries"
+                );
+            }
             Ok(())
         }
         Command::User {

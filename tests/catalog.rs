@@ -595,6 +595,16 @@ async fn segregation_of_duties_audit_trail_and_idempotent_init() {
             .unwrap(),
         2
     );
+    // the CLI says so, and says whether structure changes reload the policy
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&env, dir.path());
+    let (ok, out, err) = pgveil(&["init", "--config", cfg.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("catalog is up to date (version 2)"), "{out}");
+    assert!(
+        out.contains("DDL event trigger pgveil_ddl is enabled"),
+        "{out}"
+    );
 }
 
 /// A reload that finds nothing changed (DDL fires one for every index or temporary table)
