@@ -28,6 +28,14 @@ where
     panic!("never happened: {what}");
 }
 
+/// Poll until reading customers is refused (42501) for `c`.
+async fn eventually_refused(c: &tokio_postgres::Client, what: &str) {
+    eventually(what, || async {
+        matches!(c.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
+    })
+    .await;
+}
+
 fn write_config(env: &Env, dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("pgveil.toml");
     std::fs::write(
@@ -148,10 +156,7 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
     d.batch_execute("SELECT pgveil.revoke_role('tom', 'Telemarketer')")
         .await
         .unwrap();
-    eventually("tom refused", || async {
-        matches!(tom.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
-    })
-    .await;
+    eventually_refused(&tom, "tom refused").await;
     assert_eq!(count(&rita, "EXECUTE mine").await.unwrap(), before);
     d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')")
         .await
@@ -191,10 +196,7 @@ async fn changes_reload_live_in_open_sessions_and_instances_converge() {
     d.batch_execute("SELECT pgveil.revoke_role('rita', 'Sales Representative')")
         .await
         .unwrap();
-    eventually("rita refused", || async {
-        matches!(rita.simple_query("SELECT count(*) FROM customers").await, Err(e) if code(&e) == "42501")
-    })
-    .await;
+    eventually_refused(&rita, "rita refused").await;
     // a reload that fails keeps the last good policy: break a catalog table, change nothing else
     d.batch_execute("ALTER TABLE pgveil.safe_functions RENAME TO safe_functions_gone")
         .await

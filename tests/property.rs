@@ -129,11 +129,18 @@ fn mutate(r: &mut StdRng, s: &str) -> String {
 /// `(<scope>) AND`, where the scope is a policy subquery's WHERE (of a policy that masks no
 /// column) with the columns qualified by the table's alias.
 struct Check<'a> {
-    policies: &'a [String],
-    protected: &'a [&'a str],
+    known: &'a Known<'a>,
     trusted: Vec<bool>,
     in_place: Vec<usize>,
     violation: Option<String>,
+}
+
+/// What the checker trusts for one user, computed once: the policy subqueries, the scopes
+/// of unmasked policies, and the protected table names.
+struct Known<'a> {
+    policies: Vec<String>,
+    scopes: Vec<(String, String)>,
+    protected: &'a [&'a str],
 }
 
 /// Scopes of unmasked policies, by table: the WHERE of every policy subquery whose select
@@ -202,9 +209,7 @@ impl Visitor for Check<'_> {
         };
         let unqualified = lead.to_string().replace(&format!("\"{folded}\"."), "");
         let table = last_part(name);
-        if matches!(lead, Expr::Nested(_))
-            && unmasked_scopes(self.policies).contains(&(table, unqualified))
-        {
+        if matches!(lead, Expr::Nested(_)) && self.known.scopes.contains(&(table, unqualified)) {
             self.in_place
                 .push(&twj.relation as *const TableFactor as usize);
         }
@@ -212,11 +217,11 @@ impl Visitor for Check<'_> {
     }
     fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
         let trusted = self.in_place.contains(&(tf as *const TableFactor as usize))
-            || matches!(tf, TableFactor::Derived { subquery, .. } if self.policies.contains(&subquery.to_string()));
+            || matches!(tf, TableFactor::Derived { subquery, .. } if self.known.policies.contains(&subquery.to_string()));
         self.trusted.push(trusted);
         if let TableFactor::Table { name, .. } = tf {
             let last = last_part(name);
-            if self.protected.contains(&last.as_str()) && !self.trusted.iter().any(|t| *t) {
+            if self.known.protected.contains(&last.as_str()) && !self.trusted.iter().any(|t| *t) {
                 self.violation = Some(name.to_string());
                 return ControlFlow::Break(());
             }
@@ -261,6 +266,11 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
             .effective_in(&snap, user, chrono::Utc::now(), None)
             .unwrap();
         let policies = policy_query_texts(&eff);
+        let known = Known {
+            scopes: unmasked_scopes(&policies),
+            policies,
+            protected: &protected,
+        };
         for i in 0..1500 {
             let mut sql = query(&mut rng, 0);
             if i % 3 == 0 {
@@ -274,7 +284,7 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
                 if let Verdict::Forward(c) = cache.enforce_simple(&limits, &snap, &eff, &sql) {
                     let a = Parser::parse_sql(&PostgreSqlDialect {}, &c)
                         .unwrap_or_else(|e| panic!("{sql}\n→ {c}\n{e}"));
-                    check_all(&a, &policies, &protected, &sql, &c, user);
+                    check_all(&a, &known, &sql, &c, user);
                     let Verdict::Forward(full) = &verdict else {
                         panic!("template path allowed what the full path refuses: {sql}\n→ {c}");
                     };
@@ -295,7 +305,7 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
             forwarded += 1;
             let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &out)
                 .unwrap_or_else(|e| panic!("{sql}\n→ {out}\n{e}"));
-            in_place += check_all(&stmts, &policies, &protected, &sql, &out, user);
+            in_place += check_all(&stmts, &known, &sql, &out, user);
         }
     }
     assert!(
@@ -316,19 +326,11 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
 }
 
 /// Run the independent checker over every statement; the number of tables read in place.
-fn check_all(
-    stmts: &[Statement],
-    policies: &[String],
-    protected: &[&str],
-    sql: &str,
-    out: &str,
-    user: &str,
-) -> usize {
+fn check_all(stmts: &[Statement], known: &Known<'_>, sql: &str, out: &str, user: &str) -> usize {
     let mut in_place = 0;
     for s in stmts {
         let mut c = Check {
-            policies,
-            protected,
+            known,
             trusted: vec![],
             in_place: vec![],
             violation: None,

@@ -593,25 +593,24 @@ async fn no_state_is_shared_between_sessions() {
         .await
         .unwrap()
         .get(0);
-    let state = "SELECT pg_backend_pid(), to_regclass('pg_temp.leak_probe') IS NULL, current_setting('application_name'), current_setting('statement_timeout')";
     // concurrently: another session (another user, then the same user) sees none of it
     for user in ["olivia", "admin"] {
-        let b = env.connect(user).await;
-        let r = b.query_one(state, &[]).await.unwrap();
-        assert_ne!(r.get::<_, i32>(0), pid_a, "{user} shares a backend");
-        assert!(
-            r.get::<_, bool>(1),
-            "{user} sees another session's temp table"
-        );
-        assert_ne!(r.get::<_, String>(2), "leaky");
-        assert_eq!(r.get::<_, String>(3), "0");
+        assert_fresh_session(&env.connect(user).await, pid_a, user).await;
     }
     // afterwards: a new session is a new backend with default settings
     drop(a);
-    let c = env.connect("admin").await;
+    assert_fresh_session(&env.connect("admin").await, pid_a, "a later session").await;
+}
+
+/// `c` runs on its own backend (not `other_pid`) without the probe's temp table and settings.
+async fn assert_fresh_session(c: &tokio_postgres::Client, other_pid: i32, who: &str) {
+    let state = "SELECT pg_backend_pid(), to_regclass('pg_temp.leak_probe') IS NULL, current_setting('application_name'), current_setting('statement_timeout')";
     let r = c.query_one(state, &[]).await.unwrap();
-    assert_ne!(r.get::<_, i32>(0), pid_a);
-    assert!(r.get::<_, bool>(1));
-    assert_ne!(r.get::<_, String>(2), "leaky");
-    assert_eq!(r.get::<_, String>(3), "0");
+    assert_ne!(r.get::<_, i32>(0), other_pid, "{who} shares a backend");
+    assert!(
+        r.get::<_, bool>(1),
+        "{who} sees another session's temp table"
+    );
+    assert_ne!(r.get::<_, String>(2), "leaky", "{who}");
+    assert_eq!(r.get::<_, String>(3), "0", "{who}");
 }

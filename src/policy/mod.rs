@@ -90,7 +90,7 @@ impl PolicyStore {
     }
 
     /// Install a new catalog; returns its generation.
-    pub fn install(
+    fn install(
         &self,
         catalog: model::Catalog,
         relations: model::RelationMap,
