@@ -478,6 +478,8 @@ pub struct RewriteCache {
     verdicts: moka::sync::Cache<RewriteKey, Arc<Verdict>>,
     /// Simple-protocol templates, cut at their placeholders (None: enforce the full text).
     templates: moka::sync::Cache<RewriteKey, Option<Arc<normalize::Splice>>>,
+    /// The same, by the shape `normalize::quick` gives (None: use `normalize`).
+    shapes: moka::sync::Cache<RewriteKey, Option<Arc<normalize::Splice>>>,
     memo: PolicyMemo,
 }
 
@@ -486,17 +488,19 @@ impl RewriteCache {
         RewriteCache {
             verdicts: moka::sync::Cache::new(capacity),
             templates: moka::sync::Cache::new(capacity),
+            shapes: moka::sync::Cache::new(capacity),
             memo: PolicyMemo::new(capacity / 10 + 100),
         }
     }
     pub fn invalidate_all(&self) {
         self.verdicts.invalidate_all();
         self.templates.invalidate_all();
+        self.shapes.invalidate_all();
         self.memo.0.invalidate_all();
     }
 
     /// Enforce `sql` for `eff`, using the cache; simple-protocol texts are cached by their
-    /// literal-free template (see `normalize`).
+    /// literal-free template (see `normalize`), found through their shape when they are plain.
     pub fn enforce_simple(
         &self,
         limits: &Limits<'_>,
@@ -504,20 +508,45 @@ impl RewriteCache {
         eff: &Effective,
         sql: &str,
     ) -> Verdict {
-        if let Some(n) = normalize::normalize(sql) {
-            let (template, literals) = n.into_parts();
-            let key = RewriteKey::new(snap, eff, template, false);
-            let splice = self.templates.get_with_by_ref(&key, || {
-                match self.enforce(limits, snap, eff, &key.sql, false) {
-                    Verdict::Forward(template) => normalize::splice(&template).map(Arc::new),
-                    _ => None,
-                }
+        if let Some((shape, literals)) = normalize::quick(sql) {
+            let key = RewriteKey::new(snap, eff, shape, false);
+            let splice = self.shapes.get_with_by_ref(&key, || {
+                // Trust this shape only if `normalize` finds the very same literals.
+                let (template, full) = normalize::normalize(sql)?.into_parts();
+                (full == literals)
+                    .then(|| self.template_splice(limits, snap, eff, template))
+                    .flatten()
             });
             if let Some(text) = splice.and_then(|s| s.fill(&literals)) {
                 return Verdict::Forward(text);
             }
         }
+        if let Some(n) = normalize::normalize(sql) {
+            let (template, literals) = n.into_parts();
+            let splice = self.template_splice(limits, snap, eff, template);
+            if let Some(text) = splice.and_then(|s| s.fill(&literals)) {
+                return Verdict::Forward(text);
+            }
+        }
         self.enforce(limits, snap, eff, sql, false)
+    }
+
+    /// The enforced `template`, cut at its placeholders (cached); None if it is refused or
+    /// cannot be cut safely.
+    fn template_splice(
+        &self,
+        limits: &Limits<'_>,
+        snap: &Snapshot,
+        eff: &Effective,
+        template: String,
+    ) -> Option<Arc<normalize::Splice>> {
+        let key = RewriteKey::new(snap, eff, template, false);
+        self.templates.get_with_by_ref(&key, || {
+            match self.enforce(limits, snap, eff, &key.sql, false) {
+                Verdict::Forward(template) => normalize::splice(&template).map(Arc::new),
+                _ => None,
+            }
+        })
     }
 
     /// Enforce `sql` for `eff` (computed from `snap`), using the cache.

@@ -53,6 +53,103 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     (!literals.is_empty()).then_some(Normalized { template, literals })
 }
 
+/// A cheaper first look for plain statements, done before `normalize` on every simple-protocol
+/// query: the text with each literal replaced by a bare `$` (its *shape*), and the literals
+/// exactly as `normalize` returns them. None for anything but plain ASCII text whose literals
+/// are unsigned numbers (`12`, `1.5`) or `'…'` strings without backslashes: no `$` outside
+/// strings, no comments, no prefixed strings (`E'…'`, `U&'…'`), no string continuation, no
+/// number glued to a letter or a dot. Within that subset two texts with the same shape differ only inside
+/// literal tokens, so they lex alike; `RewriteCache::enforce_simple` still trusts a shape only
+/// after the first text seen with it gave the very same literals through `normalize`.
+pub fn quick(sql: &str) -> Option<(String, Vec<String>)> {
+    let b = sql.as_bytes();
+    if !sql.is_ascii() {
+        return None;
+    }
+    let mut shape = String::with_capacity(sql.len());
+    let mut literals = Vec::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        let (end, value) = match b[i] {
+            b'$' | b'\\' => return None,
+            b'-' | b'/' if matches!(b.get(i + 1), Some(b'-' | b'*')) => return None,
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b'"' => {
+                let end = quoted_end(b, i, b'"')?;
+                if b[i..end].contains(&b'$') {
+                    return None; // keeps `$` in a shape a literal's mark, and only that
+                }
+                i = end;
+                continue;
+            }
+            b'\'' if i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'&') => return None,
+            b'\'' => {
+                let end = quoted_end(b, i, b'\'')?;
+                if b[i..end].contains(&b'\\') {
+                    return None; // its meaning depends on standard_conforming_strings
+                }
+                let next = b[end..].iter().find(|c| !c.is_ascii_whitespace());
+                if next == Some(&b'\'') || b.get(end).is_some_and(|&c| glues(c)) {
+                    return None; // 'a' 'b' continuation, or a token glued to the literal
+                }
+                (end, literal(&sql[i + 1..end - 1].replace("''", "'")))
+            }
+            c if c.is_ascii_digit() && (i == 0 || !is_word(b[i - 1])) => {
+                let end = number_end(b, i);
+                if b.get(end).is_some_and(|&c| glues(c)) {
+                    return None; // 1e5, 0x1F, 1_000, 1.
+                }
+                (end, sql[i..end].to_owned())
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        shape.push_str(&sql[copied..i]);
+        shape.push('$');
+        literals.push(value);
+        (i, copied) = (end, end);
+    }
+    shape.push_str(&sql[copied..]);
+    (!literals.is_empty()).then_some((shape, literals))
+}
+
+/// Characters of a word (identifier, keyword): a literal may neither follow nor precede one.
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+}
+
+/// Characters that would continue a literal or change how it lexes.
+fn glues(c: u8) -> bool {
+    is_word(c) || matches!(c, b'.' | b'\'' | b'"')
+}
+
+/// The position after the quote closing the quoted token that starts at `start` (a doubled
+/// quote stands for itself). None if it is not closed.
+fn quoted_end(b: &[u8], start: usize, quote: u8) -> Option<usize> {
+    let mut j = start + 1;
+    loop {
+        j += b.get(j..)?.iter().position(|&c| c == quote)?;
+        if b.get(j + 1) == Some(&quote) {
+            j += 2;
+        } else {
+            return Some(j + 1);
+        }
+    }
+}
+
+/// The end of the unsigned number `digits[.digits]` that starts at `start`.
+fn number_end(b: &[u8], start: usize) -> usize {
+    let digits = |from: usize| from + b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let end = digits(start);
+    if b.get(end) == Some(&b'.') && b.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        digits(end + 1)
+    } else {
+        end
+    }
+}
+
 /// An enforced template cut at its placeholders, computed once per cached template, so that
 /// putting literals back is plain concatenation.
 #[derive(Debug)]
@@ -159,5 +256,100 @@ mod tests {
         assert!(splice("SELECT x.$1").is_none());
         assert!(splice("SELECT E$1").is_none() || splice("SELECT E$1").unwrap().parts.is_empty());
         assert!(splice("SELECT $1x").is_none() || splice("SELECT $1x").unwrap().parts.is_empty());
+    }
+
+    /// `quick` agrees with `normalize` wherever it answers, and declines what it cannot lex.
+    #[test]
+    fn quick_shapes_agree_with_normalize() {
+        let plain = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+            "select * from t where a = 5 and b = 'x''y' and c = 1.25 limit 10",
+            "SELECT \"weird \"\"5\"\" col\" FROM t1 WHERE t1.c2 = 'it''s' OR x IN (1,2, 3)",
+            "UPDATE t SET a = a + -5, b = (-7), c = 'q'::text WHERE id = 3;",
+            "INSERT INTO t (a, b) VALUES ('--not a comment', '/* nor this */')",
+            "SELECT 'multi\nline' FROM t WHERE a=1",
+            "SELECT x FROM t WHERE a>=2 AND b<>'' AND c=ARRAY[1,2]",
+        ];
+        for sql in plain {
+            let (shape, lits) = quick(sql).unwrap_or_else(|| panic!("quick declined {sql}"));
+            let (_, full) = normalize(sql).unwrap().into_parts();
+            assert_eq!(lits, full, "{sql}");
+            assert_eq!(shape.matches('$').count(), lits.len(), "{sql}");
+        }
+        let (shape, lits) = quick("SELECT a FROM t WHERE id = 12 AND n = 'o''k'").unwrap();
+        assert_eq!(shape, "SELECT a FROM t WHERE id = $ AND n = $");
+        assert_eq!(lits, ["12", "'o''k'"]);
+        let declined = [
+            "SELECT a FROM t",           // nothing to gain
+            "SELECT $1",                 // placeholders
+            "SELECT $$x$$",              // dollar quotes
+            "SELECT E'a\\'' OR 1=1 --'", // prefixed string, backslash
+            "SELECT 'a\\'' OR 1=1 --'",  // backslash (depends on settings)
+            "SELECT 1 -- comment",       // comments
+            "SELECT 1 /* comment */",
+            "SELECT 'a'\n'b'", // string continuation
+            "SELECT U&'d0061'",
+            "SELECT B'101', X'1F', N'x'",
+            "SELECT 1e5",
+            "SELECT 0x1F",
+            "SELECT 1_000",
+            "SELECT 1.",
+            "SELECT .5",
+            "SELECT 'a'b",
+            "SELECT 5'x'",
+            "SELECT 'ünïcode' FROM t WHERE a = 1",
+            "SELECT 'open",
+            "SELECT \"open = 1",
+        ];
+        for sql in declined {
+            assert!(quick(sql).is_none(), "quick accepted {sql}");
+        }
+    }
+
+    /// Random texts over an alphabet of lexing hazards: wherever `quick` answers, `normalize`
+    /// finds the same literals, and any other literals in the same shape give the same template.
+    #[test]
+    fn quick_shapes_lex_alike_whatever_the_literals() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        const PIECES: &[&str] = &[
+            "a", "1", "7.5", "'", "''", "\"", " ", ".", "-", "(", ")", "=", "e", "\n", ";", ":",
+            "_", "'x'", "E", "&", "/", "*", "+", "SELECT ", "x1", "\\", "0", "$",
+        ];
+        let mut r = StdRng::seed_from_u64(7);
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let sql: String = (0..r.gen_range(1..14))
+                .map(|_| PIECES[r.gen_range(0..PIECES.len())])
+                .collect();
+            let Some((shape, lits)) = quick(&sql) else {
+                continue;
+            };
+            let Some(n) = normalize(&sql) else {
+                continue; // sqlparser cannot lex it: the shape is never trusted
+            };
+            accepted += 1;
+            let (template, full) = n.into_parts();
+            assert_eq!(lits, full, "{sql:?}");
+            let mut other = String::new();
+            for (i, part) in shape.split('$').enumerate() {
+                if i > 0 {
+                    other.push_str(if i % 2 == 0 {
+                        "98765.4"
+                    } else {
+                        "'z''$--/*\"'"
+                    });
+                }
+                other.push_str(part);
+            }
+            let Some((shape2, _)) = quick(&other) else {
+                continue; // declined (a string after `&`): the full path takes it
+            };
+            assert_eq!(shape2, shape);
+            let (template2, _) = normalize(&other)
+                .unwrap_or_else(|| panic!("{sql:?} lexes, {other:?} does not"))
+                .into_parts();
+            assert_eq!(template2, template, "{sql:?} vs {other:?}");
+        }
+        assert!(accepted > 1_000, "only {accepted} accepted");
     }
 }
