@@ -509,6 +509,9 @@ impl RewriteCache {
         sql: &str,
     ) -> Verdict {
         if let Some((shape, literals)) = normalize::quick(sql) {
+            if literals.is_empty() {
+                return self.enforce(limits, snap, eff, sql, false); // BEGIN, END: nothing to lex
+            }
             let key = RewriteKey::new(snap, eff, shape, false);
             let splice = self.shapes.get_with_by_ref(&key, || {
                 // Trust this shape only if `normalize` finds the very same literals.

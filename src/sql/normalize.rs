@@ -55,7 +55,7 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
 
 /// A cheaper first look for plain statements, done before `normalize` on every simple-protocol
 /// query: the text with each literal replaced by a bare `$` (its *shape*), and the literals
-/// exactly as `normalize` returns them. None for anything but plain ASCII text whose literals
+/// exactly as `normalize` returns them (none for `BEGIN`: the caller then uses the text). None for anything but plain ASCII text whose literals
 /// are unsigned numbers (`12`, `1.5`) or `'…'` strings without backslashes: no `$` outside
 /// strings, no comments, no prefixed strings (`E'…'`, `U&'…'`), no string continuation, no
 /// number glued to a letter or a dot. Within that subset two texts with the same shape differ only inside
@@ -112,7 +112,7 @@ pub fn quick(sql: &str) -> Option<(String, Vec<String>)> {
         (i, copied) = (end, end);
     }
     shape.push_str(&sql[copied..]);
-    (!literals.is_empty()).then_some((shape, literals))
+    Some((shape, literals))
 }
 
 /// Characters of a word (identifier, keyword): a literal may neither follow nor precede one.
@@ -276,11 +276,11 @@ mod tests {
             assert_eq!(lits, full, "{sql}");
             assert_eq!(shape.matches('$').count(), lits.len(), "{sql}");
         }
+        assert_eq!(quick("SELECT a FROM t1").unwrap().1.len(), 0);
         let (shape, lits) = quick("SELECT a FROM t WHERE id = 12 AND n = 'o''k'").unwrap();
         assert_eq!(shape, "SELECT a FROM t WHERE id = $ AND n = $");
         assert_eq!(lits, ["12", "'o''k'"]);
         let declined = [
-            "SELECT a FROM t",           // nothing to gain
             "SELECT $1",                 // placeholders
             "SELECT $$x$$",              // dollar quotes
             "SELECT E'a\\'' OR 1=1 --'", // prefixed string, backslash
