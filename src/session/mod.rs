@@ -16,10 +16,10 @@ mod refusal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::extendedquery::Parse;
 use pgwire::messages::simplequery::Query;
-use pgwire::messages::{DecodeContext, Message};
+use pgwire::messages::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ClientError;
@@ -127,7 +127,6 @@ fn handle_frame(
     prepared: &mut Prepared,
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
-    let decode_ctx = DecodeContext::default();
     match frame.tag {
         b'Q' => {
             let (query, _) = cstr(&frame.bytes, 5)
@@ -153,11 +152,9 @@ fn handle_frame(
                     Ok(())
                 }
                 Verdict::Forward(sql) => {
-                    prepared.insert(name, query, Some(sql.clone()), stamp);
-                    let p = Parse::decode(&mut frame.bytes.clone(), &decode_ctx)
-                        .map_err(|e| SessionError::Protocol(e.to_string()))?
-                        .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
-                    encode(&Parse::new(p.name, sql, p.type_oids), out)
+                    with_query(&frame.bytes, name, query, &sql, out)?;
+                    prepared.insert(name, query, Some(sql), stamp);
+                    Ok(())
                 }
                 Verdict::Refuse { error, .. } => {
                     prepared.remove(name);
@@ -218,6 +215,28 @@ fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
     let rest = b.get(pos..)?;
     let end = rest.iter().position(|&c| c == 0)?;
     Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
+}
+
+/// The Parse message `msg` (statement `name`, SQL `query`) with `sql` in place of its SQL:
+/// name and parameter types are copied as they came.
+fn with_query(
+    msg: &[u8],
+    name: &str,
+    query: &str,
+    sql: &str,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let tail = msg
+        .get(5 + name.len() + 1 + query.len() + 1..)
+        .ok_or_else(|| SessionError::Protocol("short Parse".into()))?;
+    let len = i32::try_from(4 + name.len() + 1 + sql.len() + 1 + tail.len())
+        .map_err(|_| SessionError::Protocol("rewritten Parse too long".into()))?;
+    out.put_u8(b'P');
+    out.put_i32(len);
+    for part in [name.as_bytes(), b"\0", sql.as_bytes(), b"\0", tail] {
+        out.put_slice(part);
+    }
+    Ok(())
 }
 
 /// Statement name and SQL of a Parse message (tag and length included), without copying.
@@ -369,5 +388,33 @@ where
             client.flush().await?;
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire::messages::DecodeContext;
+
+    /// A rewritten Parse keeps its statement name and parameter types, byte for byte.
+    #[test]
+    fn parse_rewritten_in_place_keeps_name_and_types() {
+        let mut msg = BytesMut::new();
+        encode(
+            &Parse::new(Some("s1".into()), "SELECT $1".into(), vec![23, 25]),
+            &mut msg,
+        )
+        .unwrap();
+        let (name, query) = parse_name_and_query(&msg).unwrap();
+        let mut out = BytesMut::new();
+        with_query(&msg, name, query, "SELECT x FROM t WHERE a = $1", &mut out).unwrap();
+        let p = Parse::decode(&mut out, &DecodeContext::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.name.as_deref(), Some("s1"));
+        assert_eq!(p.query, "SELECT x FROM t WHERE a = $1");
+        assert_eq!(p.type_oids, vec![23, 25]);
+        assert!(out.is_empty());
+        assert!(with_query(&msg[..8], name, query, "x", &mut out).is_err());
     }
 }
