@@ -7,7 +7,8 @@
 //! Every target runs once per round, in a rotated order, and the median of the rounds is
 //! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
 //!
-//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default)
+//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default;
+//! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS and PGVEIL_BENCH_SESSION_THREADS: see README)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -170,6 +171,11 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
     Some((dir, port, child))
 }
 
+/// A number from the environment, if set and valid.
+fn env_number<T: std::str::FromStr>(var: &str) -> Option<T> {
+    std::env::var(var).ok()?.parse().ok()
+}
+
 fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -183,22 +189,18 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // cargo bench --list / cargo test --benches
     }
-    let seconds: u32 = std::env::var("PGVEIL_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let rounds: usize = std::env::var("PGVEIL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let seconds: u32 = env_number("PGVEIL_BENCH_SECONDS").unwrap_or(5);
+    let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS").unwrap_or(3).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let pg = EmbeddedPg::start(&["max_connections = 200"])?;
     let bin = pg.bin_dir().to_owned();
-    let cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
+    let mut cfg = pgveil::demo::config_for(&pg, "127.0.0.1:0");
+    if let Some(n) = env_number("PGVEIL_BENCH_SESSION_THREADS") {
+        cfg.server.session_threads = n; // e.g. to compare 1 thread with one per CPU
+    }
     rt.block_on(pgveil::demo::provision(&pg, &cfg))?;
     let init = Command::new(bin.join("pgbench"))
         .args([
