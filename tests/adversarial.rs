@@ -603,3 +603,53 @@ async fn tables_read_in_place_keep_the_scope() {
         assert_eq!(ints(&rita, sql).await, Ok(vec![want]), "{sql}");
     }
 }
+
+/// Simple-protocol texts are cached by their shape (the text without its literals). A later
+/// text of a cached shape whose literals try to close the string and add SQL must still be
+/// one literal: rita sees exactly her rows, and a same-shape write changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_shapes_cannot_carry_another_statement() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let mine = scalar(
+        &direct,
+        "SELECT count(*) FROM customers WHERE owner = 'rita'",
+    )
+    .await;
+    let rita = env.connect("rita").await;
+    let shapes: [(&str, &[&str]); 2] = [
+        (
+            "SELECT count(*) FROM customers WHERE name <> 'a' AND id > 0",
+            &[
+                "SELECT count(*) FROM customers WHERE name <> 'a'' OR true OR ''b' AND id > 0",
+                "SELECT count(*) FROM customers WHERE name <> ''' UNION ALL SELECT count(*) FROM public.customers --' AND id > 0",
+                "SELECT count(*) FROM customers WHERE name <> '''; SELECT count(*) FROM public.customers; --' AND id > 0",
+                "SELECT count(*) FROM customers WHERE name <> '/* ''' AND id > 0",
+            ],
+        ),
+        (
+            "SELECT count(*) FROM customers WHERE id > 0 OR id = 5",
+            &[
+                "SELECT count(*) FROM customers WHERE id > 0 OR id = 99999999999999999999",
+                "SELECT count(*) FROM customers WHERE id > 0 OR id = 5.5",
+            ],
+        ),
+    ];
+    for (prime, hostile) in shapes {
+        assert_eq!(ints(&rita, prime).await.unwrap(), vec![mine], "{prime}");
+        for sql in hostile {
+            assert_eq!(ints(&rita, sql).await.unwrap(), vec![mine], "{sql}");
+        }
+    }
+    let tables = ["customers", "orders", "payments"];
+    let before = digest(&direct, &tables).await;
+    let prime = "UPDATE customers SET notes = 'x' WHERE id = -1";
+    rita.simple_query(prime).await.unwrap();
+    let hostile = "UPDATE customers SET notes = 'x'' WHERE true; UPDATE customers SET owner = ''rita''; --' WHERE id = -1";
+    rita.simple_query(hostile).await.unwrap();
+    assert_eq!(
+        digest(&direct, &tables).await,
+        before,
+        "{hostile} wrote something"
+    );
+}
