@@ -60,17 +60,23 @@ async fn scalar(c: &Client, sql: &str) -> i64 {
         .get(0)
 }
 
-/// Reads of customers outside rita's scope, in every disguise: each must be refused or
-/// return counts no larger than her scope.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn row_scope_cannot_be_bypassed() {
-    let env = Env::start().await;
+/// A direct (superuser) connection, and how many customers rita owns, read through it.
+async fn direct_and_ritas_count(env: &Env) -> (Client, i64) {
     let direct = env.direct().await;
     let mine = scalar(
         &direct,
         "SELECT count(*) FROM customers WHERE owner = 'rita'",
     )
     .await;
+    (direct, mine)
+}
+
+/// Reads of customers outside rita's scope, in every disguise: each must be refused or
+/// return counts no larger than her scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_scope_cannot_be_bypassed() {
+    let env = Env::start().await;
+    let (direct, mine) = direct_and_ritas_count(&env).await;
     let total = scalar(&direct, "SELECT count(*) FROM customers").await;
     assert!(mine < total);
     let rita = env.connect("rita").await;
@@ -562,13 +568,8 @@ async fn reads_inside_writes_are_scoped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_read_in_place_keep_the_scope() {
     let env = Env::start().await;
-    let direct = env.direct().await;
+    let (_, mine) = direct_and_ritas_count(&env).await;
     let rita = env.connect("rita").await;
-    let mine = scalar(
-        &direct,
-        "SELECT count(*) FROM customers WHERE owner = 'rita'",
-    )
-    .await;
     // system columns would reveal physical layout (and so out-of-scope rows): never readable
     for sql in [
         "SELECT ctid FROM customers",
@@ -610,12 +611,7 @@ async fn tables_read_in_place_keep_the_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_shapes_cannot_carry_another_statement() {
     let env = Env::start().await;
-    let direct = env.direct().await;
-    let mine = scalar(
-        &direct,
-        "SELECT count(*) FROM customers WHERE owner = 'rita'",
-    )
-    .await;
+    let (direct, mine) = direct_and_ritas_count(&env).await;
     let rita = env.connect("rita").await;
     let shapes: [(&str, &[&str]); 2] = [
         (
