@@ -55,12 +55,13 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
 
 /// A cheaper first look for plain statements, done before `normalize` on every simple-protocol
 /// query: the text with each literal replaced by a bare `$` (its *shape*), and the literals
-/// exactly as `normalize` returns them (none for `BEGIN`: the caller then uses the text). None for anything but plain ASCII text whose literals
-/// are unsigned numbers (`12`, `1.5`) or `'…'` strings without backslashes: no `$` outside
-/// strings, no comments, no prefixed strings (`E'…'`, `U&'…'`), no string continuation, no
-/// number glued to a letter or a dot. Within that subset two texts with the same shape differ only inside
-/// literal tokens, so they lex alike; `RewriteCache::enforce_simple` still trusts a shape only
-/// after the first text seen with it gave the very same literals through `normalize`.
+/// exactly as `normalize` returns them (none for `BEGIN`: the caller then uses the text).
+/// None for anything but plain ASCII text whose literals are unsigned numbers (`12`, `1.5`)
+/// or `'…'` strings without backslashes: no `$` outside strings, no comments, no prefixed
+/// strings (`E'…'`, `U&'…'`), no string continuation, no number glued to a letter or a dot.
+/// Within that subset two texts with the same shape differ only inside literal tokens, so
+/// they lex alike; `RewriteCache::enforce_simple` still trusts a shape only after the first
+/// text seen with it gave the very same literals through `normalize`.
 pub fn quick(sql: &str) -> Option<(String, Vec<String>)> {
     let b = sql.as_bytes();
     if !sql.is_ascii() {
@@ -324,6 +325,14 @@ mod tests {
             let Some((shape, lits)) = quick(&sql) else {
                 continue;
             };
+            if lits.is_empty() {
+                // enforced as it is (always safe); the lexer finds no literal either
+                assert!(
+                    normalize(&sql).is_none(),
+                    "{sql:?}: a literal the scan missed"
+                );
+                continue;
+            }
             let Some(n) = normalize(&sql) else {
                 continue; // sqlparser cannot lex it: the shape is never trusted
             };
