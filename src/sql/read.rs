@@ -115,8 +115,9 @@ pub struct ReadPass<'c, 'a> {
     selects: Vec<SelectFrame>,
     /// Verify mode: nesting inside generated policy subqueries.
     trusted: Vec<bool>,
-    /// Rewrite mode: tables may be read in place (the statement names no system column,
-    /// which a table read in place would expose and a policy subquery does not).
+    /// Tables may be read in place (rewrite), or accepted as read in place (verify): the
+    /// statement names no system column, which a table read in place would expose and a
+    /// policy subquery does not.
     in_place_ok: bool,
 }
 
@@ -143,7 +144,7 @@ impl<'c, 'a> ReadPass<'c, 'a> {
         node: &mut T,
     ) -> Result<(), ClientError> {
         let mut pass = ReadPass::new(cx, mode);
-        pass.in_place_ok = mode == Mode::Rewrite && !names_system_column(node);
+        pass.in_place_ok = !names_system_column(node);
         match node.visit(&mut pass) {
             ControlFlow::Break(e) => Err(e),
             ControlFlow::Continue(()) => Ok(()),
@@ -422,9 +423,10 @@ impl VisitorMut for ReadPass<'_, '_> {
                 "permission denied: SELECT INTO creates a table, which is not allowed for restricted users",
             ));
         }
-        let candidate = self.mode == Mode::Verify || self.in_place_ok;
         let mut frame = SelectFrame {
-            in_place: single_table(s).filter(|_| candidate).map_or(0, tf_addr),
+            in_place: single_table(s)
+                .filter(|_| self.in_place_ok)
+                .map_or(0, tf_addr),
             ..SelectFrame::default()
         };
         if self.mode == Mode::Verify && frame.in_place != 0 {
