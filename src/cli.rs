@@ -160,9 +160,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 println!("applied catalog migrations {applied:?}");
             }
-            let tracked = cfg.catalog_database() == cfg.upstream.database
-                && crate::policy::load::ddl_trigger_enabled(&client).await?;
-            if tracked {
+            if crate::control::relations_tracked(&cfg, &client).await? {
                 println!(
                     "DDL event trigger pgveil_ddl is enabled: structure changes reload the policy"
                 );

@@ -83,8 +83,10 @@ pub struct Loaded {
 pub async fn load_all(config: &Config, catalog: &Client) -> Result<Loaded, ControlError> {
     let cat = load_catalog(catalog).await?;
     let (relations, relations_tracked) = if config.catalog_database() == config.upstream.database {
-        let tracked = ddl_trigger_enabled(catalog).await?;
-        (load_relations(catalog).await?, tracked)
+        (
+            load_relations(catalog).await?,
+            relations_tracked(config, catalog).await?,
+        )
     } else {
         let up = connect(config, &config.upstream.database, None).await?;
         (load_relations(&up).await?, false)
@@ -94,6 +96,13 @@ pub async fn load_all(config: &Config, catalog: &Client) -> Result<Loaded, Contr
         relations,
         relations_tracked,
     })
+}
+
+/// Do structure changes upstream reach pgveil? Only with the catalog in the upstream database
+/// (where pgveil listens) and pgveil's DDL event trigger enabled there.
+pub async fn relations_tracked(config: &Config, catalog: &Client) -> Result<bool, LoadError> {
+    Ok(config.catalog_database() == config.upstream.database
+        && ddl_trigger_enabled(catalog).await?)
 }
 
 /// The first policy snapshot; pgveil does not start without a valid catalog.
