@@ -196,7 +196,11 @@ fn bench_rewrite(c: &mut Criterion) {
                     let sql = format!(
                         "SELECT name, email FROM customers WHERE id = {id} AND name <> 'x'{tail}"
                     );
-                    black_box(cache.enforce_simple(&limits, &snap, &eff, black_box(&sql)))
+                    black_box(
+                        cache
+                            .enforce_simple(&limits, &snap, &eff, black_box(&sql))
+                            .into_verdict(),
+                    )
                 })
             });
         }

@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub max_sql_depth: usize,
     pub search_path: Vec<String>,
     pub session_threads: usize,
+    /// Run restricted users' simple-protocol statements as prepared statements upstream.
+    pub prepare_simple_statements: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             max_sql_depth: 64,
             search_path: vec!["public".into()],
             session_threads: 0,
+            prepare_simple_statements: true,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 
 use pgveil::policy::PolicyStore;
-use pgveil::sql::{enforce_text, policy_query_texts, Cx, Limits, RewriteCache, Verdict};
+use pgveil::sql::{enforce_text, policy_query_texts, Cx, Limits, RewriteCache, Simple, Verdict};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlparser::ast::{
     BinaryOperator, Expr, ObjectName, Select, SelectItem, SetExpr, Statement, TableFactor, Visit,
@@ -255,6 +255,7 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
     let mut in_place = 0usize;
     let mut same_via_template = 0usize;
     let mut via_template = 0usize;
+    let mut bindable = 0usize;
     let cache = RewriteCache::new(10_000);
     let limits = Limits {
         search_path: &path,
@@ -285,8 +286,16 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
                 let variant = sql.replace('1', "4").replace('2', "9");
                 let variant_verdict = enforce_text(&cx, &variant, false);
                 for (text, full) in [(&sql, &verdict), (&variant, &variant_verdict)] {
-                    let Verdict::Forward(c) = cache.enforce_simple(&limits, &snap, &eff, text)
-                    else {
+                    let simple = cache.enforce_simple(&limits, &snap, &eff, text);
+                    if let Simple::Template(t) = &simple {
+                        // the prepared-statement form is the same checked template
+                        if let Some((plan, _)) = t.bind_plan() {
+                            let p = Parser::parse_sql(&PostgreSqlDialect {}, &plan.sql).unwrap();
+                            check_all(&p, &known, text, &plan.sql, user);
+                            bindable += 1;
+                        }
+                    }
+                    let Verdict::Forward(c) = simple.into_verdict() else {
                         continue;
                     };
                     let a = Parser::parse_sql(&PostgreSqlDialect {}, &c)
@@ -320,7 +329,11 @@ fn random_sql_never_panics_and_never_escapes_the_policy() {
         "the grammar should produce many allowed statements ({forwarded})"
     );
     println!(
-        "template path: {via_template} forwarded, {same_via_template} identical to the full path; {in_place} tables read in place"
+        "template path: {via_template} forwarded, {same_via_template} identical to the full path, {bindable} bindable; {in_place} tables read in place"
+    );
+    assert!(
+        bindable > 100,
+        "the grammar should reach templates that run as prepared statements ({bindable})"
     );
     assert!(
         in_place > 100,

@@ -10,6 +10,7 @@
 //! pump swaps that error for pgveil's own. PostgreSQL itself therefore provides the right
 //! message ordering, pipelining behaviour (skip until Sync) and transaction abort.
 
+mod bound;
 mod frame;
 mod refusal;
 
@@ -25,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::ClientError;
 use crate::front::startup::Started;
 use crate::server::Server;
-use crate::sql::{EnforceCtx, PolicyStamp, Verdict};
+use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
+use bound::{Statements, Units, NAME_PREFIX};
 use frame::{next_frame, Frame};
 pub use refusal::Refusals;
 
@@ -41,11 +43,16 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
     let (client_rd, mut client_wr) = tokio::io::split(io);
     let (up_rd, up_wr) = tokio::io::split(upstream.stream);
     let refusals = Arc::new(Refusals::new());
+    let units = Arc::new(Units::default());
     let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
     let ended = {
-        let to_upstream =
-            client_to_upstream(server, client_rd, read_buf, up_wr, ctx, refusals.clone());
-        let to_client = upstream_to_client(up_rd, upstream.leftover, &mut client_wr, refusals);
+        let shared = Shared {
+            refusals: refusals.clone(),
+            units: units.clone(),
+        };
+        let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, shared);
+        let shared = Shared { refusals, units };
+        let to_client = upstream_to_client(up_rd, upstream.leftover, &mut client_wr, shared);
         tokio::select! {
             r = to_upstream => r.map_err(|e| ("client", e)),
             r = to_client => r.map_err(|e| ("upstream", e)),
@@ -62,6 +69,18 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
         }
         Err((side, e)) => tracing::debug!(error = %e, "{side} side ended"),
     }
+}
+
+/// What the two pumps share: pending refusals and the count of unanswered units.
+struct Shared {
+    refusals: Arc<Refusals>,
+    units: Arc<Units>,
+}
+
+/// The client pump's own state.
+struct ClientState {
+    prepared: Prepared,
+    statements: Statements,
 }
 
 /// Session I/O errors (never shown to the client as text).
@@ -81,7 +100,7 @@ async fn client_to_upstream<R, W>(
     mut buf: BytesMut,
     mut up: W,
     ctx: EnforceCtx,
-    refusals: Arc<Refusals>,
+    shared: Shared,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
@@ -89,7 +108,10 @@ where
 {
     let max = server.config.server.max_message_bytes;
     let mut out = BytesMut::with_capacity(8192);
-    let mut prepared = Prepared::default();
+    let mut state = ClientState {
+        prepared: Prepared::default(),
+        statements: Statements::new(server.config.server.prepare_simple_statements),
+    };
     loop {
         loop {
             let frame = match next_frame(&mut buf, max) {
@@ -102,7 +124,7 @@ where
                 }
             };
             let terminate = frame.tag == b'X';
-            handle_frame(frame, &ctx, &refusals, &mut prepared, &mut out)?;
+            handle_frame(frame, &ctx, &shared, &mut state, &mut out)?;
             if terminate {
                 up.write_all(&out).await?;
                 up.flush().await?;
@@ -123,28 +145,37 @@ where
 fn handle_frame(
     frame: Frame,
     ctx: &EnforceCtx,
-    refusals: &Refusals,
-    prepared: &mut Prepared,
+    shared: &Shared,
+    state: &mut ClientState,
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
+    let refusals = &shared.refusals;
     match frame.tag {
         b'Q' => {
             let (query, _) = cstr(&frame.bytes, 5)
                 .ok_or_else(|| SessionError::Protocol("malformed Query".into()))?;
-            let sql = match ctx.enforce_simple(query) {
-                Verdict::PassThrough => {
-                    out.extend_from_slice(&frame.bytes);
-                    return Ok(());
-                }
-                Verdict::Forward(sql) => sql,
-                Verdict::Refuse { prefix, error } => refusals.statement_with(prefix, error),
-            };
-            encode(&Query::new(sql), out)
+            let result = simple_query(&frame.bytes, query, ctx, shared, state, out);
+            shared.units.sent();
+            result
         }
         b'P' => {
             let (name, query) = parse_name_and_query(&frame.bytes)
                 .ok_or_else(|| SessionError::Protocol("malformed Parse".into()))?;
-            let (verdict, stamp) = ctx.enforce_prepared_stamped(query);
+            state
+                .statements
+                .client_message(b'P', Some(name), Some(query));
+            let (verdict, stamp) = if reserved(name, ctx) {
+                (
+                    Verdict::Refuse {
+                        prefix: String::new(),
+                        error: reserved_name(),
+                    },
+                    ctx.stamp(),
+                )
+            } else {
+                ctx.enforce_prepared_stamped(query)
+            };
+            let prepared = &mut state.prepared;
             match verdict {
                 Verdict::PassThrough => {
                     prepared.insert(name, query, None, stamp);
@@ -164,8 +195,14 @@ fn handle_frame(
             }
         }
         b'B' => {
+            let stmt = bind_statement(&frame.bytes);
+            state.statements.client_message(b'B', stmt, None);
             // A statement prepared under an older policy must not outlive it.
-            match prepared.recheck(&frame.bytes, ctx) {
+            let checked = match stmt {
+                Some(name) if reserved(name, ctx) => Err(reserved_name()),
+                _ => state.prepared.recheck(&frame.bytes, ctx),
+            };
+            match checked {
                 Ok(()) => {
                     out.extend_from_slice(&frame.bytes);
                     Ok(())
@@ -177,11 +214,14 @@ fn handle_frame(
             }
         }
         b'C' => {
-            prepared.closed(&frame.bytes);
+            let name = cstr(&frame.bytes, 6).map(|(n, _)| n);
+            state.statements.client_message(b'C', name, None);
+            state.prepared.closed(&frame.bytes);
             out.extend_from_slice(&frame.bytes);
             Ok(())
         }
         b'F' if ctx.is_restricted() => {
+            shared.units.sent();
             // Fast-path function calls (large objects) bypass SQL: refuse for restricted users.
             let err = ClientError::unsupported(
                 "pgveil does not allow fast-path function calls for restricted users",
@@ -191,11 +231,68 @@ fn handle_frame(
                 out,
             )
         }
-        _ => {
+        tag => {
+            if matches!(tag, b'S' | b'F') {
+                shared.units.sent();
+            }
+            state.statements.client_message(tag, None, None);
             out.extend_from_slice(&frame.bytes);
             Ok(())
         }
     }
+}
+
+/// A Query message: forwarded, rewritten, refused, or run as pgveil's prepared statement.
+fn simple_query(
+    msg: &[u8],
+    query: &str,
+    ctx: &EnforceCtx,
+    shared: &Shared,
+    state: &mut ClientState,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let statements = &mut state.statements;
+    statements.client_query(query);
+    let sql = match ctx.enforce_simple_parts(query) {
+        Simple::Verdict(Verdict::PassThrough) => {
+            // Unrestricted now: whatever it does to prepared statements, pgveil starts afresh.
+            statements.forget_all();
+            statements.text_query();
+            out.extend_from_slice(msg);
+            return Ok(());
+        }
+        Simple::Verdict(Verdict::Forward(sql)) => sql,
+        Simple::Verdict(Verdict::Refuse { prefix, error }) => {
+            shared.refusals.statement_with(prefix, error)
+        }
+        Simple::Template(t) => {
+            if let Some((plan, params)) = t.bind_plan() {
+                if statements.bind(&shared.units, plan, params, out)? {
+                    return Ok(());
+                }
+            }
+            t.text()
+        }
+    };
+    statements.text_query();
+    encode(&Query::new(sql), out)
+}
+
+/// Statement name of a Bind message.
+fn bind_statement(msg: &[u8]) -> Option<&str> {
+    let (_portal, next) = cstr(msg, 5)?;
+    Some(cstr(msg, next)?.0)
+}
+
+/// A protocol-level statement name reserved for pgveil, used by a restricted user.
+fn reserved(name: &str, ctx: &EnforceCtx) -> bool {
+    name.starts_with(NAME_PREFIX) && ctx.is_restricted()
+}
+
+fn reserved_name() -> ClientError {
+    ClientError::denied(format!(
+        "prepared statement names starting with \"{NAME_PREFIX}\" are reserved for pgveil"
+    ))
 }
 
 /// Statements prepared with the extended protocol, by name.
@@ -328,7 +425,7 @@ async fn upstream_to_client<R, W>(
     mut up: R,
     mut buf: BytesMut,
     mut client: W,
-    refusals: Arc<Refusals>,
+    shared: Shared,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
@@ -358,6 +455,24 @@ where
                     "invalid message length from upstream".into(),
                 ));
             }
+            let units = &shared.units;
+            if tag == b'Z' {
+                units.ready_for_query();
+            } else if units.ours() && matches!(tag, b'1' | b'2' | b'3' | b'n' | b'E') {
+                // Responses a Query would not have produced: dropped (an error is relayed).
+                if tag == b'1' {
+                    units.parse_complete();
+                } else if tag == b'E' {
+                    units.error();
+                }
+                if tag != b'E' {
+                    if buf.len() < len + 1 {
+                        break;
+                    }
+                    buf.advance(len + 1);
+                    continue;
+                }
+            }
             if tag != b'E' {
                 passthrough = len + 1;
                 continue;
@@ -367,7 +482,7 @@ where
                 break;
             }
             let msg = buf.split_to(len + 1);
-            match refusals.replace(&msg) {
+            match shared.refusals.replace(&msg) {
                 Some(replacement) => out.extend_from_slice(&replacement),
                 None => out.extend_from_slice(&msg),
             }

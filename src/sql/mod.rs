@@ -4,6 +4,7 @@
 //! policy generation, the user's effective roles and the SQL text.
 
 mod admin;
+pub mod bind;
 mod functions;
 mod normalize;
 mod password;
@@ -17,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sqlparser::ast::{Expr, Query, SelectItem, Statement, TableFactor, Visit, Visitor};
@@ -473,6 +475,43 @@ impl PolicyMemo {
     }
 }
 
+/// A simple-protocol statement, enforced.
+pub enum Simple {
+    Verdict(Verdict),
+    /// A cached enforced template and the statement's literals (`Template::text` puts them
+    /// back; `Template::bind_plan` runs them as parameters).
+    Template(Template),
+}
+
+impl Simple {
+    /// The statement as text.
+    pub fn into_verdict(self) -> Verdict {
+        match self {
+            Simple::Verdict(v) => v,
+            Simple::Template(t) => Verdict::Forward(t.text()),
+        }
+    }
+}
+
+/// A cached enforced template with one statement's literals.
+pub struct Template {
+    splice: Arc<normalize::Splice>,
+    literals: Vec<String>,
+}
+
+impl Template {
+    /// The enforced statement as text, literals re-quoted by pgveil.
+    pub fn text(&self) -> String {
+        self.splice.fill(&self.literals).unwrap_or_default()
+    }
+
+    /// The prepared-statement form and this statement's parameters, if it has one.
+    pub fn bind_plan(&self) -> Option<(&bind::BindPlan, bind::Params)> {
+        let plan = self.splice.bind.as_ref()?;
+        Some((plan, plan.params(&self.literals)?))
+    }
+}
+
 /// moka caches of verdicts for restricted users.
 pub struct RewriteCache {
     verdicts: moka::sync::Cache<RewriteKey, Arc<Verdict>>,
@@ -481,6 +520,8 @@ pub struct RewriteCache {
     /// The same, by the shape `normalize::quick` gives (None: use `normalize`).
     shapes: moka::sync::Cache<RewriteKey, Option<Arc<normalize::Splice>>>,
     memo: PolicyMemo,
+    /// Identifies each cached template's prepared-statement form.
+    next_plan: std::sync::atomic::AtomicU64,
 }
 
 impl RewriteCache {
@@ -490,6 +531,7 @@ impl RewriteCache {
             templates: moka::sync::Cache::new(capacity),
             shapes: moka::sync::Cache::new(capacity),
             memo: PolicyMemo::new(capacity / 10 + 100),
+            next_plan: std::sync::atomic::AtomicU64::new(1),
         }
     }
     pub fn invalidate_all(&self) {
@@ -507,10 +549,11 @@ impl RewriteCache {
         snap: &Snapshot,
         eff: &Effective,
         sql: &str,
-    ) -> Verdict {
+    ) -> Simple {
         if let Some((shape, literals)) = normalize::quick(sql) {
             if literals.is_empty() {
-                return self.enforce(limits, snap, eff, sql, false); // BEGIN, END: nothing to lex
+                // BEGIN, END: nothing to lex
+                return Simple::Verdict(self.enforce(limits, snap, eff, sql, false));
             }
             let key = RewriteKey::new(snap, eff, shape, false);
             let splice = self.shapes.get_with_by_ref(&key, || {
@@ -520,18 +563,18 @@ impl RewriteCache {
                     .then(|| self.template_splice(limits, snap, eff, template))
                     .flatten()
             });
-            if let Some(text) = splice.and_then(|s| s.fill(&literals)) {
-                return Verdict::Forward(text);
+            if let Some(splice) = splice.filter(|s| s.fits(literals.len())) {
+                return Simple::Template(Template { splice, literals });
             }
         }
         if let Some(n) = normalize::normalize(sql) {
             let (template, literals) = n.into_parts();
             let splice = self.template_splice(limits, snap, eff, template);
-            if let Some(text) = splice.and_then(|s| s.fill(&literals)) {
-                return Verdict::Forward(text);
+            if let Some(splice) = splice.filter(|s| s.fits(literals.len())) {
+                return Simple::Template(Template { splice, literals });
             }
         }
-        self.enforce(limits, snap, eff, sql, false)
+        Simple::Verdict(self.enforce(limits, snap, eff, sql, false))
     }
 
     /// The enforced `template`, cut at its placeholders (cached); None if it is refused or
@@ -546,7 +589,17 @@ impl RewriteCache {
         let key = RewriteKey::new(snap, eff, template, false);
         self.templates.get_with_by_ref(&key, || {
             match self.enforce(limits, snap, eff, &key.sql, false) {
-                Verdict::Forward(template) => normalize::splice(&template).map(Arc::new),
+                Verdict::Forward(template) => {
+                    let splice = normalize::splice(&template)?;
+                    let plan = parse_user_sql(&template, limits.max_depth * 4)
+                        .ok()
+                        .filter(|stmts| stmts.len() == 1)
+                        .and_then(|stmts| {
+                            let id = self.next_plan.fetch_add(1, Ordering::Relaxed);
+                            bind::plan(id, &template, &stmts[0])
+                        });
+                    Some(Arc::new(splice.with_bind(plan)))
+                }
                 _ => None,
             }
         })
@@ -672,6 +725,12 @@ impl EnforceCtx {
         self.enforce(sql, false)
     }
 
+    /// Enforce a Query message, keeping a cached template and its literals apart.
+    pub fn enforce_simple_parts(&self, sql: &str) -> Simple {
+        let (snap, eff) = self.effective();
+        self.enforce_under(snap, eff, sql, false)
+    }
+
     pub fn enforce_prepared(&self, sql: &str) -> Verdict {
         self.enforce(sql, true)
     }
@@ -683,12 +742,15 @@ impl EnforceCtx {
             generation: snap.generation,
             eff: eff.clone(),
         };
-        (self.enforce_under(snap, eff, sql, true), stamp)
+        (
+            self.enforce_under(snap, eff, sql, true).into_verdict(),
+            stamp,
+        )
     }
 
     fn enforce(&self, sql: &str, prepared: bool) -> Verdict {
         let (snap, eff) = self.effective();
-        self.enforce_under(snap, eff, sql, prepared)
+        self.enforce_under(snap, eff, sql, prepared).into_verdict()
     }
 
     fn enforce_under(
@@ -697,7 +759,7 @@ impl EnforceCtx {
         eff: Option<Arc<Effective>>,
         sql: &str,
         prepared: bool,
-    ) -> Verdict {
+    ) -> Simple {
         let cfg = &self.server.config;
         let pw = password::PasswordCtx {
             user: &self.user,
@@ -706,19 +768,19 @@ impl EnforceCtx {
             catalog_upstream: cfg.catalog_database() == cfg.upstream.database,
         };
         if let Some(v) = password::intercept(&pw, sql) {
-            return v;
+            return Simple::Verdict(v);
         }
         let Some(eff) = eff else {
-            return Verdict::Refuse {
+            return Simple::Verdict(Verdict::Refuse {
                 prefix: String::new(),
                 error: ClientError::denied(format!(
                     "user \"{}\" is disabled or no longer exists",
                     self.user
                 )),
-            };
+            });
         };
         if eff.unrestricted {
-            return Verdict::PassThrough;
+            return Simple::Verdict(Verdict::PassThrough);
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             if cfg.log.log_sql {
@@ -728,14 +790,14 @@ impl EnforceCtx {
             }
         }
         if sql.len() > cfg.server.max_query_bytes {
-            return Verdict::Refuse {
+            return Simple::Verdict(Verdict::Refuse {
                 prefix: String::new(),
                 error: ClientError::TooComplex(format!(
                     "statement of {} bytes exceeds pgveil's limit of {} bytes",
                     sql.len(),
                     cfg.server.max_query_bytes
                 )),
-            };
+            });
         }
         let limits = Limits {
             search_path: &cfg.server.search_path,
@@ -743,9 +805,11 @@ impl EnforceCtx {
             max_depth: cfg.server.max_sql_depth,
         };
         if prepared {
-            self.server
-                .rewrites
-                .enforce(&limits, &snap, &eff, sql, true)
+            Simple::Verdict(
+                self.server
+                    .rewrites
+                    .enforce(&limits, &snap, &eff, sql, true),
+            )
         } else {
             self.server
                 .rewrites

@@ -158,6 +158,8 @@ pub struct Splice {
     /// Text before each placeholder and the (0-based) literal that replaces it.
     parts: Vec<(String, usize)>,
     tail: String,
+    /// The template as a prepared statement, when its literals can be bound as parameters.
+    pub bind: Option<super::bind::BindPlan>,
 }
 
 /// Characters that end any token before a placeholder, and that no pgveil literal (an
@@ -202,10 +204,24 @@ pub fn splice(enforced: &str) -> Option<Splice> {
             _ => text.push_str(&printed),
         }
     }
-    Some(Splice { parts, tail: text })
+    Some(Splice {
+        parts,
+        tail: text,
+        bind: None,
+    })
 }
 
 impl Splice {
+    pub fn with_bind(mut self, bind: Option<super::bind::BindPlan>) -> Splice {
+        self.bind = bind;
+        self
+    }
+
+    /// Does every placeholder refer to one of `n` literals?
+    pub fn fits(&self, n: usize) -> bool {
+        self.parts.iter().all(|(_, i)| *i < n)
+    }
+
     /// The enforced template with the statement's literals back in place. None if the
     /// template refers to a literal the statement does not have.
     pub fn fill(&self, literals: &[String]) -> Option<String> {
