@@ -649,3 +649,70 @@ async fn cached_shapes_cannot_carry_another_statement() {
         "{hostile} wrote something"
     );
 }
+
+/// pgveil runs a restricted user's simple statements as its own prepared statements
+/// (`pgveilq_…`): a client cannot create, bind or describe a statement by such a name, and
+/// sees exactly the messages a Query produces, also where PostgreSQL drops the unnamed
+/// statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgveils_prepared_statements_are_out_of_reach() {
+    use bytes::BytesMut;
+    use pgwire::messages::extendedquery::{Bind, Describe, Execute, Parse, Sync};
+    use pgwire::messages::simplequery::Query;
+    use pgwire::messages::Message;
+    let env = Env::start().await;
+    let (_direct, mine) = direct_and_ritas_count(&env).await;
+    let mut raw = common::RawClient::login(env.port(), "rita").await;
+    let send = |msgs: &[&dyn Fn(&mut BytesMut)]| {
+        let mut out = BytesMut::new();
+        for m in msgs {
+            m(&mut out);
+        }
+        out
+    };
+    let query =
+        |sql: &'static str| move |b: &mut BytesMut| Query::new(sql.into()).encode(b).unwrap();
+    let sync = |b: &mut BytesMut| Sync::new().encode(b).unwrap();
+    let counted = "SELECT count(*) FROM customers WHERE id > 0";
+    for _ in 0..3 {
+        raw.send(&send(&[&query(counted)])).await;
+        assert_eq!(raw.until_ready().await, ["T", "D", "C", "ZI"]);
+    }
+    let reserved = "pgveilq_0000000000000000_0";
+    let parse = |b: &mut BytesMut| {
+        Parse::new(
+            Some(reserved.into()),
+            "SELECT count(*) FROM customers".into(),
+            vec![],
+        )
+        .encode(b)
+        .unwrap()
+    };
+    raw.send(&send(&[&parse, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["E42501", "ZI"]);
+    let bind = |b: &mut BytesMut| {
+        Bind::new(None, Some(reserved.into()), vec![], vec![], vec![])
+            .encode(b)
+            .unwrap()
+    };
+    let execute = |b: &mut BytesMut| Execute::new(None, 0).encode(b).unwrap();
+    raw.send(&send(&[&bind, &execute, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["E42501", "ZI"]);
+    // a Query drops the client's unnamed statement, bound or not, as in PostgreSQL
+    let unnamed = |b: &mut BytesMut| {
+        Parse::new(None, "SELECT 1".into(), vec![])
+            .encode(b)
+            .unwrap()
+    };
+    let describe = |b: &mut BytesMut| Describe::new(b'S', None).encode(b).unwrap();
+    raw.send(&send(&[&unnamed, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["1", "ZI"]);
+    raw.send(&send(&[&query(counted)])).await;
+    assert_eq!(raw.until_ready().await, ["T", "D", "C", "ZI"]);
+    raw.send(&send(&[&describe, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["E26000", "ZI"]);
+    // and the session still reads exactly rita's rows
+    let rita = env.connect("rita").await;
+    assert_eq!(ints(&rita, counted).await.unwrap(), vec![mine]);
+    assert_eq!(ints(&rita, counted).await.unwrap(), vec![mine]);
+}

@@ -671,3 +671,52 @@ async fn reloads_follow_structure_changes_and_skip_no_ops() {
         }
     }
 }
+
+/// First cell of a simple-protocol query as a number, or the SQLSTATE.
+async fn simple_count(c: &tokio_postgres::Client, sql: &str) -> Result<i64, String> {
+    let msgs = c.simple_query(sql).await.map_err(|e| code(&e))?;
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .ok_or_else(|| "no row".to_owned())
+}
+
+/// Simple-protocol statements that pgveil runs as its own prepared statements upstream follow
+/// a policy change within the same session: a wider scope, a hidden field, a revoked role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_simple_statements_follow_policy_changes() {
+    let env = Env::start().await;
+    let rita = env.connect("rita").await;
+    let d = env.direct().await;
+    let all = "SELECT count(*) FROM customers WHERE id > 0";
+    let phones = "SELECT count(phone) FROM customers WHERE id > 0";
+    let mine = simple_count(&rita, all).await.unwrap();
+    assert_eq!(simple_count(&rita, all).await.unwrap(), mine);
+    assert!(mine > 0 && mine < 2000);
+    assert!(simple_count(&rita, phones).await.unwrap() > 0);
+    d.batch_execute("SELECT pgveil.set_scope('Sales Representative', 'customers', 'all')")
+        .await
+        .unwrap();
+    eventually("wider scope", || async {
+        simple_count(&rita, all).await == Ok(2000)
+    })
+    .await;
+    d.batch_execute(
+        "SELECT pgveil.set_field('Sales Representative', 'customers', 'phone', 'invisible')",
+    )
+    .await
+    .unwrap();
+    eventually("phone hidden", || async {
+        simple_count(&rita, phones).await == Ok(0)
+    })
+    .await;
+    d.batch_execute("SELECT pgveil.revoke_role('rita', 'Sales Representative')")
+        .await
+        .unwrap();
+    eventually("refused after revoke", || async {
+        simple_count(&rita, all).await == Err("42501".into())
+    })
+    .await;
+}

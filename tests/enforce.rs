@@ -300,3 +300,226 @@ async fn limits_on_untrusted_sql_and_startup_options() {
     });
     assert_eq!(value.as_deref(), Some("public"));
 }
+
+/// First cell of each row of a simple query, as text; or the SQLSTATE.
+async fn cells(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, String> {
+    match c.simple_query(sql).await {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("∅"))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => Err(code(&e)),
+    }
+}
+
+/// Restricted simple-protocol statements with literals run as pgveil's prepared statements
+/// upstream (`server.prepare_simple_statements`): the rows, errors and transaction states are
+/// those of the text they replace, whatever the client does around them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_statements_bound_upstream_behave_like_text() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let rita = common::connect_str(&format!(
+        "{} application_name=bound_rita",
+        env.conn_str("rita")
+    ))
+    .await
+    .unwrap();
+    let truth = |cond: String| {
+        let direct = &direct;
+        async move {
+            let sql = format!("SELECT count(*) FROM customers WHERE owner = 'rita' AND {cond}");
+            vec![direct
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                .to_string()]
+        }
+    };
+    // the same shape with other literals: rita's rows every time, through a prepared statement
+    for id in [0, 700, 1400] {
+        let got = cells(
+            &rita,
+            &format!("SELECT count(*) FROM customers WHERE id > {id}"),
+        )
+        .await;
+        assert_eq!(got.unwrap(), truth(format!("id > {id}")).await, "id > {id}");
+    }
+    let upstream: String = direct
+        .query_one(
+            "SELECT query FROM pg_stat_activity WHERE application_name = 'bound_rita'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        upstream.contains("$1") && !upstream.contains("1400"),
+        "{upstream}"
+    );
+    // literal types are PostgreSQL's: int4, int8, numeric
+    assert_eq!(
+        cells(&rita, "SELECT 7 / 2, 3000000000 * 2, 1.5 * 2, 7 / 2")
+            .await
+            .unwrap(),
+        vec!["3|6000000000|3.0|3"]
+    );
+    // strings where the context types them; elsewhere (IS NULL) the text path, same answer
+    assert_eq!(
+        cells(
+            &rita,
+            "SELECT count(*) FROM customers WHERE name <> 'O''Brien' AND id > 0"
+        )
+        .await
+        .unwrap(),
+        truth("name <> 'O''Brien' AND id > 0".into()).await
+    );
+    assert_eq!(
+        cells(&rita, "SELECT 'x' IS NULL, concat('a', 1)")
+            .await
+            .unwrap(),
+        vec!["f|a1"]
+    );
+    // an integer in ORDER BY stays a column position
+    let top = cells(&rita, "SELECT id FROM customers ORDER BY 1 DESC LIMIT 3")
+        .await
+        .unwrap();
+    let want: Vec<String> = direct
+        .query(
+            "SELECT id::text FROM customers WHERE owner = 'rita' ORDER BY customers.id DESC LIMIT 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(top, want);
+    // an error inside a transaction aborts it; the same shapes work again after ROLLBACK
+    rita.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        cells(&rita, "SELECT count(*) FROM customers WHERE id > 'abc'").await,
+        Err("22P02".into())
+    );
+    assert_eq!(
+        cells(&rita, "SELECT count(*) FROM customers WHERE id > 5").await,
+        Err("25P02".into())
+    );
+    assert_eq!(
+        cells(
+            &rita,
+            "SELECT count(*) FROM customers WHERE name = 'q' OR id > 7"
+        )
+        .await,
+        Err("25P02".into())
+    );
+    rita.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        cells(&rita, "SELECT count(*) FROM customers WHERE id > 5")
+            .await
+            .unwrap(),
+        truth("id > 5".into()).await
+    );
+    assert_eq!(
+        cells(
+            &rita,
+            "SELECT count(*) FROM customers WHERE name = 'q' OR id > 7"
+        )
+        .await
+        .unwrap(),
+        truth("(name = 'q' OR id > 7)".into()).await
+    );
+    // DISCARD ALL and DEALLOCATE ALL drop prepared statements: pgveil prepares again
+    for reset in ["DISCARD ALL", "DEALLOCATE ALL"] {
+        rita.batch_execute(reset).await.unwrap();
+        assert_eq!(
+            cells(&rita, "SELECT count(*) FROM customers WHERE id > 9")
+                .await
+                .unwrap(),
+            truth("id > 9".into()).await,
+            "after {reset}"
+        );
+    }
+    // the client's own prepared statements and pipelined queries interleave correctly
+    let stmt = rita
+        .prepare("SELECT count(*) FROM customers WHERE id > $1")
+        .await
+        .unwrap();
+    for id in [3i32, 11] {
+        let (first, last) = (
+            format!("SELECT count(*) FROM customers WHERE id > {id}"),
+            format!("SELECT count(*) FROM customers WHERE id > {}", id + 1),
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let (a, b, c) = tokio::join!(
+            cells(&rita, &first),
+            rita.query_one(&stmt, &params),
+            cells(&rita, &last),
+        );
+        assert_eq!(a.unwrap(), truth(format!("id > {id}")).await);
+        assert_eq!(
+            vec![b.unwrap().get::<_, i64>(0).to_string()],
+            truth(format!("id > {id}")).await
+        );
+        assert_eq!(c.unwrap(), truth(format!("id > {}", id + 1)).await);
+    }
+    // more shapes than a session keeps: the oldest are closed, and prepared again when reused
+    for round in 0..2 {
+        for n in (1..=300).step_by(if round == 0 { 1 } else { 37 }) {
+            let list = (1..=n)
+                .map(|i| (i * 7).to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cond = format!("id IN ({list})");
+            let got = cells(
+                &rita,
+                &format!("SELECT count(*) FROM customers WHERE {cond}"),
+            )
+            .await;
+            assert_eq!(got.unwrap(), truth(cond).await, "{n} literals");
+        }
+    }
+    // writes: a string assigned, only in scope
+    let (theirs, mine): (i32, i32) = {
+        let r = direct
+            .query_one(
+                "SELECT (SELECT min(id) FROM customers WHERE owner <> 'rita'), (SELECT min(id) FROM customers WHERE owner = 'rita')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    for id in [theirs, mine] {
+        rita.simple_query(&format!(
+            "UPDATE customers SET notes = 'bound ''note''' WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    }
+    let notes: Vec<Option<String>> = direct
+        .query(
+            "SELECT notes FROM customers WHERE id IN ($1, $2) ORDER BY id = $2",
+            &[&theirs, &mine],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_ne!(
+        notes[0].as_deref(),
+        Some("bound 'note'"),
+        "out of scope row written"
+    );
+    assert_eq!(notes[1].as_deref(), Some("bound 'note'"));
+}

@@ -163,3 +163,112 @@ pub async fn copy_out_bytes(c: &Client, sql: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A client speaking the protocol message by message (for what drivers do not expose, such as
+/// choosing prepared-statement names): logged in with SCRAM-SHA-256 and ready for queries.
+pub struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    pub async fn login(port: u16, user: &str) -> RawClient {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        use postgres_protocol::message::backend::Message;
+        use postgres_protocol::message::frontend;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut out = bytes::BytesMut::new();
+        frontend::startup_message([("user", user), ("database", "crm")], &mut out).unwrap();
+        c.send(&out).await;
+        let password = pgveil::demo::password(user);
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        loop {
+            match c.next().await {
+                Message::AuthenticationSasl(_) => {
+                    let mut out = bytes::BytesMut::new();
+                    frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                        .unwrap();
+                    c.send(&out).await;
+                }
+                Message::AuthenticationSaslContinue(b) => {
+                    scram.update(b.data()).unwrap();
+                    let mut out = bytes::BytesMut::new();
+                    frontend::sasl_response(scram.message(), &mut out).unwrap();
+                    c.send(&out).await;
+                }
+                Message::AuthenticationSaslFinal(b) => scram.finish(b.data()).unwrap(),
+                Message::ReadyForQuery(_) => return c,
+                Message::ErrorResponse(_) => panic!("login as {user} failed"),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next backend message.
+    pub async fn next(&mut self) -> postgres_protocol::message::backend::Message {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(m) =
+                postgres_protocol::message::backend::Message::parse(&mut self.buf).unwrap()
+            {
+                return m;
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("backend answered")
+            .unwrap();
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Tags of the messages up to and including ReadyForQuery, with the SQLSTATE of errors
+    /// (`E42501`) and the status of ReadyForQuery (`ZI`).
+    pub async fn until_ready(&mut self) -> Vec<String> {
+        use fallible_iterator::FallibleIterator;
+        use postgres_protocol::message::backend::Message;
+        let mut tags = Vec::new();
+        loop {
+            let m = self.next().await;
+            let tag = match &m {
+                Message::ParseComplete => "1".to_owned(),
+                Message::BindComplete => "2".to_owned(),
+                Message::CloseComplete => "3".to_owned(),
+                Message::NoData => "n".to_owned(),
+                Message::RowDescription(_) => "T".to_owned(),
+                Message::DataRow(_) => "D".to_owned(),
+                Message::CommandComplete(_) => "C".to_owned(),
+                Message::ErrorResponse(e) => {
+                    let mut fields = e.fields();
+                    let mut code = String::new();
+                    while let Some(f) = fields.next().unwrap() {
+                        if f.type_() == b'C' {
+                            code = String::from_utf8_lossy(f.value_bytes()).into_owned();
+                        }
+                    }
+                    format!("E{code}")
+                }
+                Message::ReadyForQuery(r) => format!("Z{}", r.status() as char),
+                _ => "?".to_owned(),
+            };
+            let done = tag.starts_with('Z');
+            tags.push(tag);
+            if done {
+                return tags;
+            }
+        }
+    }
+}
