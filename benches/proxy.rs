@@ -201,6 +201,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = env_number("PGVEIL_BENCH_SESSION_THREADS") {
         cfg.server.session_threads = n; // e.g. to compare 1 thread with one per CPU
     }
+    if let Some(on) = env_number::<u8>("PGVEIL_BENCH_PREPARE_SIMPLE") {
+        cfg.server.prepare_simple_statements = on != 0; // 0: restricted simple statements as text
+    }
     rt.block_on(pgveil::demo::provision(&pg, &cfg))?;
     let init = Command::new(bin.join("pgbench"))
         .args([

@@ -303,7 +303,7 @@ impl Visitor for Scan {
     fn pre_visit_value(&mut self, v: &ValueWithSpan) -> ControlFlow<()> {
         if let Value::Placeholder(p) = &v.value {
             match p.strip_prefix('$').and_then(|d| d.parse::<usize>().ok()) {
-                Some(i) if i >= 1 && i <= 65_535 => {
+                Some(i) if (1..=65_535).contains(&i) => {
                     if self.seen.len() < i {
                         self.seen.resize(i, 0);
                     }
