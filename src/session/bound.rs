@@ -118,9 +118,11 @@ impl Statements {
         }
     }
 
-    /// Forget every statement (they were, or may have been, dropped or taken over).
+    /// Stop using every statement (they were, or may have been, dropped or taken over): they
+    /// are closed with the next bound unit (closing a missing statement is no error), and new
+    /// ones get new names.
     pub fn forget_all(&mut self) {
-        self.map.clear();
+        self.to_close.extend(self.map.drain().map(|(_, e)| e.name));
         self.pending = None;
     }
 

@@ -178,6 +178,7 @@ fn handle_frame(
             let prepared = &mut state.prepared;
             match verdict {
                 Verdict::PassThrough => {
+                    state.statements.forget_all(); // unrestricted now, as for a Query
                     prepared.insert(name, query, None, stamp);
                     out.extend_from_slice(&frame.bytes);
                     Ok(())
@@ -234,6 +235,9 @@ fn handle_frame(
         tag => {
             if matches!(tag, b'S' | b'F') {
                 shared.units.sent();
+            }
+            if tag == b'F' {
+                state.statements.forget_all(); // an unrestricted function call may run any SQL
             }
             state.statements.client_message(tag, None, None);
             out.extend_from_slice(&frame.bytes);
