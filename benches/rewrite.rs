@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgveil::policy::model::*;
 use pgveil::policy::{PolicyStore, Snapshot};
-use pgveil::sql::{enforce_text, Cx, Limits, PolicyMemo, RewriteCache, Verdict};
+use pgveil::sql::{enforce_text, Cx, Limits, PolicyMemo, RewriteCache, Simple, Verdict};
 
 fn rel(name: &str, cols: &[(&str, &str)]) -> ((String, String), Relation) {
     (
@@ -204,6 +204,27 @@ fn bench_rewrite(c: &mut Criterion) {
                 })
             });
         }
+        // the same statement as parameters of pgveil's prepared statement (what the session
+        // sends when `server.prepare_simple_statements` is on)
+        c.bench_function(
+            &format!(
+                "cached_simple/{user}/point lookup, bound (shape scan + shape hit + parameters)"
+            ),
+            |b| {
+                b.iter(|| {
+                    id += 1;
+                    let sql = format!(
+                        "SELECT name, email FROM customers WHERE id = {id} AND name <> 'x'"
+                    );
+                    match cache.enforce_simple(&limits, &snap, &eff, black_box(&sql)) {
+                        Simple::Template(t) => {
+                            black_box(t.bind_plan().map(|(_, p)| p).expect("bindable"));
+                        }
+                        Simple::Verdict(_) => panic!("expected a cached template"),
+                    }
+                })
+            },
+        );
     }
 }
 

@@ -711,6 +711,33 @@ async fn pgveils_prepared_statements_are_out_of_reach() {
     assert_eq!(raw.until_ready().await, ["T", "D", "C", "ZI"]);
     raw.send(&send(&[&describe, &sync])).await;
     assert_eq!(raw.until_ready().await, ["E26000", "ZI"]);
+    // … also in a failed transaction, where the bound statement itself fails
+    raw.send(&send(&[&query("BEGIN")])).await;
+    assert_eq!(raw.until_ready().await, ["C", "ZT"]);
+    raw.send(&send(&[&unnamed, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["1", "ZT"]);
+    let failing = |b: &mut BytesMut| {
+        Parse::new(Some("x".into()), "SELECT 1/0".into(), vec![])
+            .encode(b)
+            .unwrap();
+        Bind::new(None, Some("x".into()), vec![], vec![], vec![])
+            .encode(b)
+            .unwrap();
+    };
+    raw.send(&send(&[&failing, &execute, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["1", "E22012", "ZE"]); // folded while planning at Bind
+                                                                // a shape not prepared yet: its Parse fails in the failed transaction
+    raw.send(&send(&[&query(
+        "SELECT count(*) FROM customers WHERE id < 5000",
+    )]))
+    .await;
+    assert_eq!(raw.until_ready().await, ["E25P02", "ZE"]);
+    raw.send(&send(&[&describe, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["E26000", "ZE"]);
+    raw.send(&send(&[&query("ROLLBACK")])).await;
+    assert_eq!(raw.until_ready().await, ["C", "ZI"]);
+    raw.send(&send(&[&query(counted)])).await;
+    assert_eq!(raw.until_ready().await, ["T", "D", "C", "ZI"]);
     // and the session still reads exactly rita's rows
     let rita = env.connect("rita").await;
     assert_eq!(ints(&rita, counted).await.unwrap(), vec![mine]);

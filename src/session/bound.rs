@@ -167,6 +167,11 @@ impl Statements {
             return Ok(false);
         }
         self.settle(units);
+        if self.unnamed {
+            // a Query drops the unnamed statement first thing, even in a failed transaction
+            encode(&Close::new(b'S', None), out)?;
+            self.unnamed = false;
+        }
         for name in self.to_close.drain(..) {
             encode(&Close::new(b'S', Some(name)), out)?;
         }
@@ -198,10 +203,6 @@ impl Statements {
             }
         };
         self.pending = Some((key, parse_sent));
-        if self.unnamed {
-            encode(&Close::new(b'S', None), out)?;
-            self.unnamed = false;
-        }
         let values = params
             .values
             .into_iter()
