@@ -100,16 +100,11 @@ async fn constraints_reject_invalid_policy() {
     d.batch_execute("SELECT pgveil.remove_all_roles('maria')")
         .await
         .unwrap();
-    let roles: Vec<String> = d
-        .query(
-            "SELECT role FROM pgveil.assignments WHERE user_name = 'maria'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let roles = common::first_column(
+        &d,
+        "SELECT role FROM pgveil.assignments WHERE user_name = 'maria'",
+    )
+    .await;
     assert_eq!(roles, vec!["CRM Administrator".to_owned()]);
     d.batch_execute("SELECT pgveil.copy_roles('dana', 'sam')")
         .await

@@ -393,16 +393,11 @@ async fn simple_statements_bound_upstream_behave_like_text() {
     let top = cells(&rita, "SELECT id FROM customers ORDER BY 1 DESC LIMIT 3")
         .await
         .unwrap();
-    let want: Vec<String> = direct
-        .query(
-            "SELECT id::text FROM customers WHERE owner = 'rita' ORDER BY customers.id DESC LIMIT 3",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want = common::first_column(
+        &direct,
+        "SELECT id::text FROM customers WHERE owner = 'rita' ORDER BY customers.id DESC LIMIT 3",
+    )
+    .await;
     assert_eq!(top, want);
     // an error inside a transaction aborts it; the same shapes work again after ROLLBACK
     rita.batch_execute("BEGIN").await.unwrap();

@@ -272,3 +272,13 @@ impl RawClient {
         }
     }
 }
+
+/// The first column of every row of `sql` (extended protocol), as text values.
+pub async fn first_column(c: &Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
