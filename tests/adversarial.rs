@@ -698,6 +698,13 @@ async fn pgveils_prepared_statements_are_out_of_reach() {
     let execute = |b: &mut BytesMut| Execute::new(None, 0).encode(b).unwrap();
     raw.send(&send(&[&bind, &execute, &sync])).await;
     assert_eq!(raw.until_ready().await, ["E42501", "ZI"]);
+    let describe_reserved = |b: &mut BytesMut| {
+        Describe::new(b'S', Some(reserved.into()))
+            .encode(b)
+            .unwrap()
+    };
+    raw.send(&send(&[&describe_reserved, &sync])).await;
+    assert_eq!(raw.until_ready().await, ["E42501", "ZI"]);
     // a Query drops the client's unnamed statement, bound or not, as in PostgreSQL
     let unnamed = |b: &mut BytesMut| {
         Parse::new(None, "SELECT 1".into(), vec![])

@@ -214,6 +214,19 @@ fn handle_frame(
                 ),
             }
         }
+        b'D' if frame.bytes.get(5) == Some(&b'S')
+            && cstr(&frame.bytes, 6).is_some_and(|(n, _)| reserved(n, ctx)) =>
+        {
+            state.statements.client_message(b'D', None, None);
+            encode(
+                &Parse::new(
+                    None,
+                    refusals.statement_with(String::new(), reserved_name()),
+                    vec![],
+                ),
+                out,
+            )
+        }
         b'C' => {
             let name = cstr(&frame.bytes, 6).map(|(n, _)| n);
             state.statements.client_message(b'C', name, None);
