@@ -223,12 +223,11 @@ impl<'a> Cx<'a> {
 
     /// Is `pred` the scope pgveil generated for `schema.table` read in place as `alias`?
     pub fn is_flat_scope(&self, schema: &str, table: &str, alias: &str, pred: &Expr) -> bool {
-        self.flat.borrow().contains(&(
-            schema.to_owned(),
-            table.to_owned(),
-            alias.to_owned(),
-            pred.clone(),
-        ))
+        // a statement generates a handful of flat scopes: compare in place, no key to build
+        self.flat
+            .borrow()
+            .iter()
+            .any(|(s, t, a, p)| s == schema && t == table && a == alias && p == pred)
     }
 
     pub fn touched(&self) -> Vec<String> {
