@@ -483,6 +483,36 @@ async fn simple_statements_bound_upstream_behave_like_text() {
             assert_eq!(got.unwrap(), truth(cond).await, "{n} literals");
         }
     }
+    // a role's maximum rows fails the bound statement cleanly, below it the rows come
+    let carl = env.connect("carl").await;
+    for _ in 0..2 {
+        assert_eq!(
+            cells(&carl, "SELECT id FROM tickets WHERE id > 0").await,
+            Err("54000".into())
+        );
+        assert_eq!(
+            cells(&carl, "SELECT id FROM tickets WHERE id < 11")
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
+    }
+    // a bound statement can be cancelled like any other
+    let slow = "SELECT count(*) FROM customers a, customers b, customers c WHERE a.id > 0";
+    let token = rita.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    assert_eq!(cells(&rita, slow).await, Err("57014".into()));
+    cancel.await.unwrap();
+    assert_eq!(
+        cells(&rita, "SELECT count(*) FROM customers WHERE id > 13")
+            .await
+            .unwrap(),
+        truth("id > 13".into()).await
+    );
     // writes: a string assigned, only in scope
     let (theirs, mine): (i32, i32) = {
         let r = direct
