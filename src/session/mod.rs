@@ -2,13 +2,16 @@
 //!
 //! client → upstream: frames each frontend message (5-byte header, size-bounded). Only
 //! `Query` ('Q'), `Parse` ('P') and `FunctionCall` ('F') carry SQL; for a restricted user they
-//! are enforced (rewritten or refused) and re-encoded; everything else is forwarded as is.
+//! are enforced (rewritten or refused) and re-encoded; a restricted user's Query may instead
+//! run as pgveil's own prepared statement (`bound`); Bind, Describe and Close are checked
+//! (policy stamp, reserved names); everything else is forwarded as is.
 //!
 //! upstream → client: forwarded as raw bytes without buffering whole messages, except
 //! `ErrorResponse` ('E'), which is inspected: a refusal is sent upstream as a marker statement
 //! that fails in PostgreSQL (`relation "pgveil_refusal_<token>_<n>" does not exist`), and the
 //! pump swaps that error for pgveil's own. PostgreSQL itself therefore provides the right
-//! message ordering, pipelining behaviour (skip until Sync) and transaction abort.
+//! message ordering, pipelining behaviour (skip until Sync) and transaction abort. The
+//! ParseComplete, BindComplete, CloseComplete and NoData of a bound statement are dropped.
 
 mod bound;
 mod frame;
