@@ -373,6 +373,19 @@ async fn simple_statements_bound_upstream_behave_like_text() {
             .unwrap(),
         vec!["3|6000000000|3.0|3"]
     );
+    // … also where a minus sign makes PostgreSQL's literal narrower than a parameter would be
+    for (sql, types) in [
+        (
+            "SELECT pg_typeof(5), pg_typeof(0.5), pg_typeof(-2147483649)",
+            "integer|numeric|bigint",
+        ),
+        ("SELECT pg_typeof(-2147483648)", "integer"),
+        ("SELECT pg_typeof(-9223372036854775808)", "bigint"),
+    ] {
+        for _ in 0..2 {
+            assert_eq!(cells(&rita, sql).await.unwrap(), vec![types], "{sql}");
+        }
+    }
     // strings where the context types them; elsewhere (IS NULL) the text path, same answer
     assert_eq!(
         cells(

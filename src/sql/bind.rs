@@ -108,6 +108,14 @@ fn param(lit: &str) -> Option<(u32, String)> {
     if b.is_empty() || !b.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
         return None;
     }
+    // After a minus sign these two are int4 / int8 literals in PostgreSQL (their negation
+    // fits), while a parameter would be int8 / numeric: keep them in the text.
+    if lit
+        .parse::<u64>()
+        .is_ok_and(|v| v == 1 << 31 || v == 1 << 63)
+    {
+        return None;
+    }
     // PostgreSQL: an integer that fits int4 is int4, else int8, else numeric.
     let ty = if lit.contains('.') {
         NUMERIC
@@ -358,6 +366,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.types, vec![INT4, INT8, NUMERIC, NUMERIC]);
         assert_eq!(p.values[1], "3000000000");
+        // -2147483648 is int4 in PostgreSQL, -9223372036854775808 int8: not bound
+        for edge in ["2147483648", "02147483648", "9223372036854775808"] {
+            assert!(binds("SELECT -$1", &[edge]).is_none(), "{edge}");
+        }
+        assert_eq!(
+            binds("SELECT -$1", &["2147483649"]).unwrap().types,
+            vec![INT8]
+        );
         // anywhere an expression goes, except column positions
         assert!(binds("SELECT $1, a + $2 FROM t", &["1", "2"]).is_some());
         assert!(binds("SELECT a FROM t ORDER BY $1", &["1"]).is_none());
