@@ -137,7 +137,9 @@ impl Statements {
         if tag == b'P' && name == Some("") {
             self.unnamed = true;
         }
-        if name.is_some_and(|n| n.starts_with(NAME_PREFIX)) || sql.is_some_and(drops_statements) {
+        let named = name.is_some_and(|n| n.starts_with(NAME_PREFIX));
+        // the text scan only matters while pgveil has statements (not on every Parse)
+        if named || (!self.map.is_empty() && sql.is_some_and(drops_statements)) {
             self.forget_all();
         }
     }
