@@ -6,20 +6,15 @@
 mod common;
 
 use common::{code, expect_code_extended, Env};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 /// Integer cells of every row of every result of a simple query, or the SQLSTATE.
 async fn ints(c: &Client, sql: &str) -> Result<Vec<i64>, String> {
-    match c.simple_query(sql).await {
-        Ok(msgs) => Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<i64>().ok()),
-                _ => None,
-            })
-            .collect()),
-        Err(e) => Err(code(&e)),
-    }
+    let rows = common::simple_rows(c, sql).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.first()?.as_deref()?.parse::<i64>().ok())
+        .collect())
 }
 
 /// A digest of every row of each table, read directly: equal before and after a statement

@@ -669,12 +669,9 @@ async fn reloads_follow_structure_changes_and_skip_no_ops() {
 
 /// First cell of a simple-protocol query as a number, or the SQLSTATE.
 async fn simple_count(c: &tokio_postgres::Client, sql: &str) -> Result<i64, String> {
-    let msgs = c.simple_query(sql).await.map_err(|e| code(&e))?;
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-            _ => None,
-        })
+    let rows = common::simple_rows(c, sql).await?;
+    rows.iter()
+        .find_map(|r| r.first()?.as_deref()?.parse().ok())
         .ok_or_else(|| "no row".to_owned())
 }
 

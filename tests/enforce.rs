@@ -303,21 +303,16 @@ async fn limits_on_untrusted_sql_and_startup_options() {
 
 /// First cell of each row of a simple query, as text; or the SQLSTATE.
 async fn cells(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, String> {
-    match c.simple_query(sql).await {
-        Ok(msgs) => Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or("∅"))
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                ),
-                _ => None,
-            })
-            .collect()),
-        Err(e) => Err(code(&e)),
-    }
+    let rows = common::simple_rows(c, sql).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| v.as_deref().unwrap_or("∅"))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect())
 }
 
 /// Restricted simple-protocol statements with literals run as pgveil's prepared statements

@@ -282,3 +282,17 @@ pub async fn first_column(c: &Client, sql: &str) -> Vec<String> {
         .map(|r| r.get(0))
         .collect()
 }
+
+/// Every row of every result of a simple query (cells as text, NULL as None), or the SQLSTATE.
+pub async fn simple_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let msgs = c.simple_query(sql).await.map_err(|e| code(&e))?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
