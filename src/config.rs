@@ -94,7 +94,7 @@ pub enum UpstreamTls {
 }
 
 /// `[upstream]`: the real PostgreSQL.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub host: String,
@@ -113,6 +113,35 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// Idle upstream sessions kept for reuse after `DISCARD ALL` (0 = every client session
+    /// gets a new PostgreSQL session and closes it at the end).
+    #[serde(default)]
+    pub pool_size: usize,
+    /// A pooled upstream session older than this is closed instead of reused.
+    #[serde(default = "default_pool_lifetime")]
+    pub pool_lifetime_s: u64,
+    /// A pooled upstream session idle for longer than this is closed.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout_s: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            host: String::new(),
+            port: default_pg_port(),
+            database: String::new(),
+            user: String::new(),
+            password: None,
+            password_env: None,
+            tls: UpstreamTls::default(),
+            ca_file: None,
+            connect_timeout_ms: default_connect_timeout(),
+            pool_size: 0,
+            pool_lifetime_s: default_pool_lifetime(),
+            pool_idle_timeout_s: default_pool_idle_timeout(),
+        }
+    }
 }
 
 fn default_pg_port() -> u16 {
@@ -120,6 +149,12 @@ fn default_pg_port() -> u16 {
 }
 fn default_connect_timeout() -> u64 {
     5_000
+}
+fn default_pool_lifetime() -> u64 {
+    3_600
+}
+fn default_pool_idle_timeout() -> u64 {
+    300
 }
 
 /// `[catalog]`: where the policy catalog lives.
@@ -254,6 +289,22 @@ impl Config {
                 p.push(format!(
                     "upstream.password_env: environment variable {var} is not set"
                 ));
+            }
+        }
+        if self.upstream.pool_size > 10_000 {
+            p.push("upstream.pool_size: at most 10000 (0 = no pooling)".into());
+        }
+        if self.upstream.pool_size > 0 {
+            for (key, v) in [
+                ("upstream.pool_lifetime_s", self.upstream.pool_lifetime_s),
+                (
+                    "upstream.pool_idle_timeout_s",
+                    self.upstream.pool_idle_timeout_s,
+                ),
+            ] {
+                if v == 0 {
+                    p.push(format!("{key}: must be at least 1 second"));
+                }
             }
         }
         if self.upstream.tls == UpstreamTls::VerifyFull {

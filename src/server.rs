@@ -22,7 +22,8 @@ use crate::front::auth::CatalogAuth;
 use crate::front::startup::{handshake, Handshake};
 use crate::policy::PolicyStore;
 use crate::sql::RewriteCache;
-use crate::upstream::UpstreamTarget;
+use crate::upstream::pool::{Pool, PoolKey};
+use crate::upstream::{UpstreamConn, UpstreamError, UpstreamTarget};
 use threads::SessionThreads;
 
 mod threads;
@@ -52,6 +53,14 @@ fn key_bytes(k: &SecretKey) -> Vec<u8> {
     }
 }
 
+/// Where a client's cancel key leads.
+struct CancelTarget {
+    pid: i32,
+    secret: i32,
+    /// A cancel request was sent for this session.
+    forwarded: bool,
+}
+
 /// Shared state of one pgveil instance.
 pub struct Server {
     pub config: Config,
@@ -62,7 +71,9 @@ pub struct Server {
     pub scram_tls: ScramAuth<String>,
     pub rewrites: RewriteCache,
     sessions: Arc<Semaphore>,
-    cancel_map: Mutex<HashMap<ClientKey, (i32, i32)>>,
+    cancel_map: Mutex<HashMap<ClientKey, CancelTarget>>,
+    /// Idle upstream sessions for reuse (`upstream.pool_size`).
+    pub pool: Pool,
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
     threads: SessionThreads,
@@ -90,6 +101,7 @@ impl Server {
         let rewrites = RewriteCache::new(config.catalog.rewrite_cache_capacity);
         let threads =
             SessionThreads::start(config.server.session_threads).map_err(ServeError::Threads)?;
+        let pool = Pool::new(&config.upstream, threads.len());
         Ok(Arc::new(Server {
             sessions: Arc::new(Semaphore::new(config.server.max_connections)),
             config,
@@ -100,6 +112,7 @@ impl Server {
             scram_tls,
             rewrites,
             cancel_map: Mutex::new(HashMap::new()),
+            pool,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             threads,
@@ -132,6 +145,22 @@ impl Server {
             .join(", ")
     }
 
+    /// A PostgreSQL session for a client with these startup parameters: a pooled one if one
+    /// is kept for them on this thread, else a new one.
+    pub async fn upstream_session(
+        &self,
+        shard: usize,
+        key: &PoolKey,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        match self.pool.take(shard, key) {
+            Some(conn) => Ok(conn),
+            None => {
+                let database = &self.config.upstream.database;
+                self.upstream.connect(database, key).await
+            }
+        }
+    }
+
     /// Number of sessions currently open.
     pub fn active_sessions(&self) -> usize {
         self.config.server.max_connections - self.sessions.available_permits()
@@ -139,22 +168,33 @@ impl Server {
 
     fn register_cancel(&self, client: &(i32, SecretKey), upstream: (i32, i32)) {
         if let Ok(mut m) = self.cancel_map.lock() {
-            m.insert((client.0, key_bytes(&client.1)), upstream);
+            let target = CancelTarget {
+                pid: upstream.0,
+                secret: upstream.1,
+                forwarded: false,
+            };
+            m.insert((client.0, key_bytes(&client.1)), target);
         }
     }
 
-    fn unregister_cancel(&self, client: &(i32, SecretKey)) {
-        if let Ok(mut m) = self.cancel_map.lock() {
-            m.remove(&(client.0, key_bytes(&client.1)));
+    /// Forget a session's cancel key; true if a cancel request was forwarded for it (or that
+    /// cannot be known), so its upstream session must not be reused.
+    fn unregister_cancel(&self, client: &(i32, SecretKey)) -> bool {
+        match self.cancel_map.lock() {
+            Ok(mut m) => m
+                .remove(&(client.0, key_bytes(&client.1)))
+                .is_none_or(|t| t.forwarded),
+            Err(_) => true,
         }
     }
 
     async fn cancel(&self, pid: i32, secret: &SecretKey) {
-        let target = self
-            .cancel_map
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(pid, key_bytes(secret))).copied());
+        // marked under the lock, before sending: the session's end sees it (see unregister)
+        let target = self.cancel_map.lock().ok().and_then(|mut m| {
+            let t = m.get_mut(&(pid, key_bytes(secret)))?;
+            t.forwarded = true;
+            Some((t.pid, t.secret))
+        });
         if let Some((up_pid, up_secret)) = target {
             if let Err(e) = self.upstream.cancel(up_pid, up_secret).await {
                 tracing::warn!(error = %e, "forwarding cancel request failed");
@@ -205,6 +245,7 @@ impl Server {
             }
         };
         let permit = self.sessions.clone().try_acquire_owned().ok();
+        let (shard, handle) = self.threads.next();
         let span = tracing::info_span!("session", client = %addr, user = tracing::field::Empty, app = tracing::field::Empty);
         let server = self.clone();
         let session = async move {
@@ -216,16 +257,22 @@ impl Server {
                 }
             };
             let reject = permit.is_none().then_some(ClientError::TooManyConnections);
-            match handshake(&server, tcp, reject).await {
+            match handshake(&server, tcp, reject, shard).await {
                 Handshake::Session(started) => {
                     let span = tracing::Span::current();
                     span.record("user", started.user.as_str());
                     span.record("app", started.application_name.as_str());
                     let key = started.client_key.clone();
+                    let pool_key = started.pool_key.clone();
                     server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
                     tracing::info!("session started");
-                    crate::session::run(&server, *started, addr).await;
-                    server.unregister_cancel(&key);
+                    let kept = crate::session::run(&server, *started, addr).await;
+                    let cancelled = server.unregister_cancel(&key);
+                    match kept {
+                        Some(conn) if !cancelled => server.pool.put(shard, pool_key, conn),
+                        Some(_) => tracing::debug!("upstream session closed: a cancel was sent"),
+                        None => {}
+                    }
                     tracing::info!("session ended");
                 }
                 Handshake::Cancel { pid, secret } => server.cancel(pid, &secret).await,
@@ -233,8 +280,7 @@ impl Server {
             }
             drop(permit);
         };
-        self.tracker
-            .spawn_on(session.instrument(span), self.threads.next());
+        self.tracker.spawn_on(session.instrument(span), handle);
     }
 }
 

@@ -614,3 +614,233 @@ async fn assert_fresh_session(c: &tokio_postgres::Client, other_pid: i32, who: &
     assert_ne!(r.get::<_, String>(2), "leaky", "{who}");
     assert_eq!(r.get::<_, String>(3), "0", "{who}");
 }
+
+/// An Env whose pgveil keeps upstream sessions for reuse, on one session thread (one pool).
+async fn pooled_env() -> Env {
+    Env::start_with(|c| {
+        c.upstream.pool_size = 2;
+        c.server.session_threads = 1;
+    })
+    .await
+}
+
+/// Wait until every client session has ended (its upstream session closed or pooled).
+async fn sessions_ended(env: &Env) {
+    let server = &env.running.server;
+    for _ in 0..500 {
+        if server.active_sessions() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("sessions did not end");
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// With pooling, a cleanly ended session's PostgreSQL session serves the next client only
+/// after DISCARD ALL: temp tables, settings, prepared statements, LISTEN, advisory locks,
+/// cursors and sequence state of the first user are gone for the next, whoever that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_are_reset_before_reuse() {
+    let env = pooled_env().await;
+    let pool = &env.running.server.pool;
+    let a = env.connect("admin").await;
+    a.batch_execute(
+        "CREATE SEQUENCE pool_seq; CREATE TEMP TABLE leak_probe(x int); \
+         SET application_name = 'leaky'; SET statement_timeout = '1234ms'; \
+         SELECT set_config('pgveil_test.probe', 'leaky', false); PREPARE leak_stmt AS SELECT 1; \
+         LISTEN leak_channel; SELECT pg_advisory_lock(4242); SELECT nextval('pool_seq'); \
+         BEGIN; DECLARE leak_cursor CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+    )
+    .await
+    .unwrap();
+    let pid_a = backend_pid(&a).await;
+    drop(a);
+    sessions_ended(&env).await;
+    assert_eq!(pool.idle(), 1, "a cleanly ended session is kept");
+
+    let b = env.connect("admin").await;
+    assert_eq!(backend_pid(&b).await, pid_a, "the kept session is reused");
+    assert_fresh_state(&b).await;
+    expect_code(&b, "SELECT currval('pool_seq')", "55000").await;
+    drop(b);
+    sessions_ended(&env).await;
+
+    // another user, restricted, gets the same PostgreSQL session and only her own view
+    assert_eq!(pool.idle(), 1);
+    let rita = env.connect("rita").await;
+    assert_eq!(pool.idle(), 0, "rita's session took the kept one");
+    let count = "SELECT count(*)::text FROM customers";
+    let own = common::first_column(&rita, count).await;
+    let fresh = env.connect("rita").await; // the pool is empty now: a new PostgreSQL session
+    assert_eq!(own, common::first_column(&fresh, count).await);
+}
+
+/// The state checks of a reused session (run as the unrestricted admin, who could see it all).
+async fn assert_fresh_state(c: &tokio_postgres::Client) {
+    let r = c
+        .query_one(
+            "SELECT to_regclass('pg_temp.leak_probe') IS NULL, current_setting('application_name'), \
+             current_setting('statement_timeout'), coalesce(current_setting('pgveil_test.probe', true), ''), \
+             (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leak_stmt'), (SELECT count(*) FROM pg_listening_channels()), \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             (SELECT count(*) FROM pg_cursors WHERE name = 'leak_cursor')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0), "temp table survived");
+    assert_ne!(r.get::<_, String>(1), "leaky");
+    assert_eq!(r.get::<_, String>(2), "0");
+    assert_eq!(r.get::<_, String>(3), "");
+    for (i, what) in [
+        (4, "prepared statements"),
+        (5, "LISTEN"),
+        (6, "advisory locks"),
+        (7, "cursors"),
+    ] {
+        assert_eq!(r.get::<_, i64>(i), 0, "{what} survived");
+    }
+}
+
+/// A session that ends inside a transaction, with an extended batch not closed by Sync, without
+/// Terminate, or after a cancel request is not reused: its upstream session is closed, as
+/// without pooling, and its unfinished work is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_end_busy_are_not_reused() {
+    let env = pooled_env().await;
+    let pool = &env.running.server.pool;
+    let direct = env.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE pool_writes(x int); GRANT ALL ON pool_writes TO pgveil_service",
+        )
+        .await
+        .unwrap();
+
+    // open transaction at Terminate
+    let a = env.connect("admin").await;
+    a.batch_execute("BEGIN; INSERT INTO pool_writes VALUES (1)")
+        .await
+        .unwrap();
+    drop(a);
+    sessions_ended(&env).await;
+    assert_eq!(pool.idle(), 0, "session in a transaction was kept");
+
+    // Parse/Bind/Execute without Sync, then Terminate
+    use pgwire::messages::extendedquery::{Bind, Execute, Parse};
+    use pgwire::messages::Message;
+    let mut raw = common::RawClient::login(env.port(), "admin").await;
+    let mut out = bytes::BytesMut::new();
+    let insert = "INSERT INTO pool_writes VALUES (2)";
+    Parse::new(None, insert.into(), vec![])
+        .encode(&mut out)
+        .unwrap();
+    Bind::new(None, None, vec![], vec![], vec![])
+        .encode(&mut out)
+        .unwrap();
+    Execute::new(None, 0).encode(&mut out).unwrap();
+    out.extend_from_slice(&pgveil::upstream::pool::TERMINATE);
+    raw.send(&out).await;
+    drop(raw);
+    sessions_ended(&env).await;
+    assert_eq!(
+        pool.idle(),
+        0,
+        "session with an open extended batch was kept"
+    );
+
+    // no Terminate at all
+    let raw = common::RawClient::login(env.port(), "admin").await;
+    drop(raw);
+    sessions_ended(&env).await;
+    assert_eq!(pool.idle(), 0, "session without Terminate was kept");
+
+    // a cancel request was forwarded for the session
+    let c = env.connect("admin").await;
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let r = c.batch_execute("SELECT pg_sleep(30)").await;
+        (c, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (c, r) = sleeper.await.unwrap();
+    assert_eq!(code(&r.unwrap_err()), "57014");
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    sessions_ended(&env).await;
+    assert_eq!(pool.idle(), 0, "session with a forwarded cancel was kept");
+
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM pool_writes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "unfinished work was committed");
+}
+
+/// A kept session is only reused under the same startup parameters, an old client's cancel key
+/// never reaches the next client's query, and a kept session that PostgreSQL closed is not
+/// handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_keep_identity_boundaries() {
+    let env = pooled_env().await;
+    let pool = &env.running.server.pool;
+    let with_app = |app: &str| format!("{} application_name={app}", env.conn_str("admin"));
+    let one = common::connect_str(&with_app("app_one")).await.unwrap();
+    let pid_one = backend_pid(&one).await;
+    let old_token = one.cancel_token();
+    drop(one);
+    sessions_ended(&env).await;
+
+    let two = common::connect_str(&with_app("app_two")).await.unwrap();
+    assert_ne!(
+        backend_pid(&two).await,
+        pid_one,
+        "other startup parameters share a session"
+    );
+    let app: String = two
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(app, "app_two");
+
+    // the next app_one client reuses the session; the previous client's key cannot cancel it
+    let again = common::connect_str(&with_app("app_one")).await.unwrap();
+    assert_eq!(backend_pid(&again).await, pid_one);
+    let query = tokio::spawn(async move {
+        let r = again.batch_execute("SELECT pg_sleep(1.5)").await;
+        (again, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    old_token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (again, r) = query.await.unwrap();
+    r.expect("an ended session's cancel key cancelled the next client's query");
+    drop(again);
+    drop(two);
+    sessions_ended(&env).await;
+    assert_eq!(pool.idle(), 2);
+
+    // PostgreSQL ends the kept sessions: the next clients get working new ones
+    let direct = env.direct().await;
+    direct
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name IN ('app_one', 'app_two')")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut after = Vec::new();
+    for app in ["app_one", "app_two"] {
+        let c = common::connect_str(&with_app(app)).await.unwrap();
+        assert_ne!(backend_pid(&c).await, pid_one);
+        after.push(c);
+    }
+    assert_eq!(pool.idle(), 0, "a session PostgreSQL ended is still kept");
+}

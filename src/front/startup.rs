@@ -23,6 +23,7 @@ use tokio_util::codec::Framed;
 
 use crate::error::ClientError;
 use crate::server::Server;
+use crate::upstream::pool::PoolKey;
 use crate::upstream::UpstreamConn;
 
 type Front = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
@@ -64,6 +65,10 @@ pub struct Started {
     pub application_name: String,
     pub upstream: UpstreamConn,
     pub client_key: (i32, SecretKey),
+    /// The session thread this session runs on.
+    pub shard: usize,
+    /// The startup parameters of the upstream session (a pooled one is reused under them).
+    pub pool_key: PoolKey,
 }
 
 /// What the first packet asked for.
@@ -78,9 +83,11 @@ pub async fn handshake(
     server: &Arc<Server>,
     tcp: TcpStream,
     reject: Option<ClientError>,
+    shard: usize,
 ) -> Handshake {
     let timeout = server.config.handshake_timeout();
-    match tokio::time::timeout(timeout, handshake_inner(server, tcp, reject)).await {
+    let inner = handshake_inner(server, tcp, reject, shard);
+    match tokio::time::timeout(timeout, inner).await {
         Ok(h) => h,
         Err(_) => {
             tracing::debug!("handshake timed out");
@@ -93,6 +100,7 @@ async fn handshake_inner(
     server: &Arc<Server>,
     tcp: TcpStream,
     reject: Option<ClientError>,
+    shard: usize,
 ) -> Handshake {
     let Ok(Some(mut front)) = negotiate_tls::<()>(tcp, server.tls_acceptor.clone()).await else {
         return Handshake::Closed;
@@ -128,7 +136,7 @@ async fn handshake_inner(
         fail(&mut front, err).await;
         return Handshake::Closed;
     }
-    match authenticate(server, &mut front, &startup).await {
+    match authenticate(server, &mut front, &startup, shard).await {
         Ok(auth) => {
             let parts = front.into_parts();
             Handshake::Session(Box::new(Started {
@@ -138,6 +146,8 @@ async fn handshake_inner(
                 application_name: auth.application_name,
                 upstream: auth.upstream,
                 client_key: auth.client_key,
+                shard,
+                pool_key: auth.pool_key,
             }))
         }
         Err(e) => {
@@ -188,6 +198,7 @@ fn validate_startup(
     fwd.push(("client_encoding".into(), "UTF8".into()));
     fwd.push(("search_path".into(), server.search_path_setting()));
     fwd.push(("standard_conforming_strings".into(), "on".into()));
+    fwd.sort(); // also the key under which the upstream session may be pooled
     Ok((user.clone(), fwd))
 }
 
@@ -196,12 +207,14 @@ struct Authenticated {
     application_name: String,
     upstream: UpstreamConn,
     client_key: (i32, SecretKey),
+    pool_key: PoolKey,
 }
 
 async fn authenticate(
     server: &Arc<Server>,
     front: &mut Front,
     startup: &Startup,
+    shard: usize,
 ) -> Result<Authenticated, ClientError> {
     if server.require_tls() && !front.is_secure() {
         return Err(ClientError::AuthRejected(
@@ -238,14 +251,10 @@ async fn authenticate(
                 identity: Some(id),
                 final_message,
             }) if id == user => {
-                let upstream = server
-                    .upstream
-                    .connect(&server.config.upstream.database, &fwd)
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "upstream connect failed");
-                        ClientError::UpstreamUnavailable
-                    })?;
+                let upstream = server.upstream_session(shard, &fwd).await.map_err(|e| {
+                    tracing::warn!(error = %e, "upstream connect failed");
+                    ClientError::UpstreamUnavailable
+                })?;
                 front
                     .session_extensions()
                     .insert(UpstreamParams(upstream.params.clone()));
@@ -264,6 +273,7 @@ async fn authenticate(
                     application_name,
                     upstream,
                     client_key,
+                    pool_key: fwd,
                 });
             }
             Ok(AuthOutcome::Authenticated { .. }) | Err(_) => return Err(auth_failed()),

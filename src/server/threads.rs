@@ -43,10 +43,15 @@ impl SessionThreads {
         })
     }
 
-    /// The thread the next session goes to.
-    pub fn next(&self) -> &Handle {
+    /// The thread the next session goes to, with its index.
+    pub fn next(&self) -> (usize, &Handle) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        &self.handles[i]
+        (i, &self.handles[i])
+    }
+
+    /// Number of threads.
+    pub fn len(&self) -> usize {
+        self.handles.len()
     }
 
     /// Stop all threads; sessions still running on them are closed.

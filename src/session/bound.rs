@@ -11,7 +11,7 @@
 //! the responses up to the next ReadyForQuery are all the bound statement's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Execute, Parse, Sync};
@@ -36,16 +36,27 @@ pub struct Units {
     parsed: AtomicBool,
     /// ErrorResponse seen in that unit.
     errored: AtomicBool,
+    /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`; 0 before the first).
+    status: AtomicU8,
+    /// pgveil's `DISCARD ALL` is under way: the session is being reset for the pool.
+    resetting: AtomicBool,
 }
 
 impl Units {
+    /// A new session: PostgreSQL's startup ended with ReadyForQuery `I`.
+    pub fn started() -> Units {
+        let units = Units::default();
+        units.status.store(b'I', Ordering::Release);
+        units
+    }
+
     /// A Query, Sync or FunctionCall went upstream.
     pub fn sent(&self) {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Every unit sent so far has been answered.
-    fn idle(&self) -> bool {
+    pub fn idle(&self) -> bool {
         self.outstanding.load(Ordering::Acquire) == 0
     }
 
@@ -71,8 +82,25 @@ impl Units {
         self.ours.store(true, Ordering::Release);
     }
 
-    /// Upstream pump: a ReadyForQuery ends the oldest unit.
-    pub fn ready_for_query(&self) {
+    /// Every unit answered and the last ReadyForQuery said a transaction is open (or failed).
+    pub fn idle_in_transaction(&self) -> bool {
+        self.idle() && self.status.load(Ordering::Acquire) != b'I'
+    }
+
+    /// Client pump: pgveil's reset statement is about to go upstream.
+    pub fn begin_reset(&self) {
+        self.resetting.store(true, Ordering::Release);
+        self.sent();
+    }
+
+    /// Upstream pump: the responses from now on are the reset's.
+    pub fn resetting(&self) -> bool {
+        self.resetting.load(Ordering::Acquire)
+    }
+
+    /// Upstream pump: a ReadyForQuery with this transaction status ends the oldest unit.
+    pub fn ready_for_query(&self, status: u8) {
+        self.status.store(status, Ordering::Release);
         self.ours.store(false, Ordering::Release);
         let _ = self
             .outstanding
@@ -142,6 +170,11 @@ impl Statements {
         if named || (!self.map.is_empty() && sql.is_some_and(drops_statements)) {
             self.forget_all();
         }
+    }
+
+    /// An extended-protocol batch of the client's is not yet closed by Sync.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
     }
 
     /// Query text: DISCARD ALL and DEALLOCATE drop prepared statements.
@@ -280,11 +313,11 @@ mod tests {
         u.sent();
         u.sent();
         assert!(!u.idle());
-        u.ready_for_query();
+        u.ready_for_query(b'I');
         assert!(!u.idle());
-        u.ready_for_query();
+        u.ready_for_query(b'I');
         assert!(u.idle());
-        u.ready_for_query();
+        u.ready_for_query(b'I');
         assert!(u.idle());
     }
 }

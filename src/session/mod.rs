@@ -12,6 +12,10 @@
 //! pump swaps that error for pgveil's own. PostgreSQL itself therefore provides the right
 //! message ordering, pipelining behaviour (skip until Sync) and transaction abort. The
 //! ParseComplete, BindComplete, CloseComplete and NoData of a bound statement are dropped.
+//!
+//! With `upstream.pool_size`, a client's Terminate while PostgreSQL is idle is not forwarded:
+//! pgveil sends `DISCARD ALL`, the upstream pump checks its answer (and relays nothing), and
+//! a clean session goes back to the pool (rules in `upstream::pool`).
 
 mod bound;
 mod frame;
@@ -19,6 +23,7 @@ mod refusal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::extendedquery::Parse;
@@ -30,12 +35,33 @@ use crate::error::ClientError;
 use crate::front::startup::Started;
 use crate::server::Server;
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
+use crate::upstream::UpstreamConn;
 use bound::{Statements, Units, NAME_PREFIX};
 use frame::{next_frame, Frame};
 pub use refusal::Refusals;
 
-/// Run the session until either side closes.
-pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
+/// How long pgveil waits for `DISCARD ALL` before it closes the upstream session instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the client pump ended.
+enum ClientEnd {
+    /// The client went away (Terminate forwarded, or end of stream).
+    Closed,
+    /// The reset sent at Terminate did not finish in time.
+    ResetTimedOut,
+}
+
+/// How the upstream pump ended.
+enum UpstreamEnd {
+    /// PostgreSQL closed the connection.
+    Closed,
+    /// pgveil's reset finished; true if the session is clean and may be reused.
+    Reset(bool),
+}
+
+/// Run the session until either side closes. Returns the upstream session if it was reset
+/// for reuse.
+pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) -> Option<UpstreamConn> {
     let Started {
         io,
         read_buf,
@@ -44,25 +70,35 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
         ..
     } = started;
     let (client_rd, mut client_wr) = tokio::io::split(io);
-    let (up_rd, up_wr) = tokio::io::split(upstream.stream);
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream.stream);
     let refusals = Arc::new(Refusals::new());
-    let units = Arc::new(Units::default());
+    let units = Arc::new(Units::started());
     let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
     let ended = {
         let shared = Shared {
             refusals: refusals.clone(),
             units: units.clone(),
         };
-        let to_upstream = client_to_upstream(server, client_rd, read_buf, up_wr, ctx, shared);
+        let to_upstream = client_to_upstream(server, client_rd, read_buf, &mut up_wr, ctx, shared);
         let shared = Shared { refusals, units };
-        let to_client = upstream_to_client(up_rd, upstream.leftover, &mut client_wr, shared);
+        let to_client = upstream_to_client(&mut up_rd, upstream.leftover, &mut client_wr, shared);
         tokio::select! {
-            r = to_upstream => r.map_err(|e| ("client", e)),
+            r = to_upstream => r.map(|_| UpstreamEnd::Closed).map_err(|e| ("client", e)),
             r = to_client => r.map_err(|e| ("upstream", e)),
         }
     };
     match ended {
-        Ok(()) => {}
+        Ok(UpstreamEnd::Reset(true)) => {
+            return Some(UpstreamConn {
+                stream: up_rd.unsplit(up_wr),
+                params: upstream.params,
+                pid: upstream.pid,
+                secret: upstream.secret,
+                leftover: BytesMut::new(),
+                born: upstream.born,
+            });
+        }
+        Ok(_) => {}
         Err((_, SessionError::Frame(e))) => {
             // A malformed or oversized message: say why, then end only this session.
             tracing::warn!(error = %e, "closing session: bad frontend message");
@@ -72,6 +108,7 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) {
         }
         Err((side, e)) => tracing::debug!(error = %e, "{side} side ended"),
     }
+    None
 }
 
 /// What the two pumps share: pending refusals and the count of unanswered units.
@@ -104,7 +141,7 @@ async fn client_to_upstream<R, W>(
     mut up: W,
     ctx: EnforceCtx,
     shared: Shared,
-) -> Result<(), SessionError>
+) -> Result<ClientEnd, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -126,22 +163,50 @@ where
                     return Err(e.into());
                 }
             };
-            let terminate = frame.tag == b'X';
-            handle_frame(frame, &ctx, &shared, &mut state, &mut out)?;
-            if terminate {
-                up.write_all(&out).await?;
-                up.flush().await?;
-                return Ok(());
+            if frame.tag == b'X' {
+                return terminate(server, frame, &shared, &state, out, &mut up).await;
             }
+            handle_frame(frame, &ctx, &shared, &mut state, &mut out)?;
         }
         if !out.is_empty() {
             up.write_all(&out).await?;
             out.clear();
         }
         if rd.read_buf(&mut buf).await? == 0 {
-            return Ok(());
+            return Ok(ClientEnd::Closed);
         }
     }
+}
+
+/// The client's Terminate: forwarded, or (pooling, PostgreSQL idle) replaced by `DISCARD ALL`
+/// whose answer the upstream pump checks; this pump then only waits out the reset timeout.
+async fn terminate<W: AsyncWrite + Unpin>(
+    server: &Server,
+    frame: Frame,
+    shared: &Shared,
+    state: &ClientState,
+    mut out: BytesMut,
+    up: &mut W,
+) -> Result<ClientEnd, SessionError> {
+    // Units still unanswered run first (as PostgreSQL would run them before Terminate); the
+    // reset then fails in a transaction, and any error or COPY keeps the session from reuse.
+    let reusable = server.pool.enabled()
+        && !server.shutdown.is_cancelled()
+        && !state.statements.batch_open()
+        && !shared.units.idle_in_transaction();
+    if !reusable {
+        out.extend_from_slice(&frame.bytes);
+        up.write_all(&out).await?;
+        up.flush().await?;
+        return Ok(ClientEnd::Closed);
+    }
+    encode(&Query::new("DISCARD ALL".into()), &mut out)?;
+    shared.units.begin_reset();
+    up.write_all(&out).await?;
+    up.flush().await?;
+    tokio::time::sleep(RESET_TIMEOUT).await;
+    tracing::debug!("upstream reset timed out");
+    Ok(ClientEnd::ResetTimedOut)
 }
 
 /// Forward or rewrite one frontend message into `out`.
@@ -446,12 +511,13 @@ async fn upstream_to_client<R, W>(
     mut buf: BytesMut,
     mut client: W,
     shared: Shared,
-) -> Result<(), SessionError>
+) -> Result<UpstreamEnd, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut passthrough: usize = 0;
+    let mut reset = ResetCheck::new();
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
         loop {
@@ -476,8 +542,24 @@ where
                 ));
             }
             let units = &shared.units;
+            if units.resetting() {
+                if buf.len() < len + 1 {
+                    if len > RESET_MAX_MESSAGE {
+                        return Ok(UpstreamEnd::Reset(false));
+                    }
+                    break;
+                }
+                let msg = buf.split_to(len + 1);
+                if let Some(reusable) = reset.step(&msg, units) {
+                    return Ok(UpstreamEnd::Reset(reusable && buf.is_empty()));
+                }
+                continue;
+            }
             if tag == b'Z' {
-                units.ready_for_query();
+                if buf.len() < 6 {
+                    break; // the transaction status byte is still to come
+                }
+                units.ready_for_query(buf[5]);
             } else if units.ours() && matches!(tag, b'1' | b'2' | b'3' | b'n' | b'E') {
                 // Responses a Query would not have produced: dropped (an error is relayed).
                 if tag == b'1' {
@@ -521,8 +603,47 @@ where
         buf.reserve(8192);
         if up.read_buf(&mut buf).await? == 0 {
             client.flush().await?;
-            return Ok(());
+            return Ok(UpstreamEnd::Closed);
         }
+    }
+}
+
+/// Largest message accepted while resetting (notices, notifications); anything bigger and
+/// the session is closed rather than reused.
+const RESET_MAX_MESSAGE: usize = 64 * 1024;
+
+/// Checks the answers after pgveil's `DISCARD ALL` went upstream (behind any units of the
+/// client's still unanswered).
+struct ResetCheck {
+    /// The last CommandComplete was `DISCARD ALL`.
+    discarded: bool,
+}
+
+impl ResetCheck {
+    fn new() -> ResetCheck {
+        ResetCheck { discarded: false }
+    }
+
+    /// One upstream message (nothing reaches the client). `Some(reusable)` at the last
+    /// ReadyForQuery, which answers the reset (or earlier, at an error or COPY): reusable only
+    /// if the reset itself said exactly `DISCARD ALL` and ended outside a transaction.
+    fn step(&mut self, msg: &[u8], units: &Units) -> Option<bool> {
+        match msg.first() {
+            Some(b'Z') => {
+                let status = msg.get(5).copied().unwrap_or(0);
+                units.ready_for_query(status);
+                if units.idle() {
+                    return Some(self.discarded && status == b'I');
+                }
+                self.discarded = false;
+            }
+            Some(b'C') => self.discarded = msg.get(5..) == Some(b"DISCARD ALL\0".as_slice()),
+            // an error or COPY: not reusable; no need to wait for the rest
+            Some(b'E' | b'G' | b'H' | b'W' | b'd' | b'c') => return Some(false),
+            // rows, descriptions, notices, notifications, parameter changes: dropped
+            _ => {}
+        }
+        None
     }
 }
 

@@ -4,7 +4,7 @@
 //! to the session relay as raw bytes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::config::{Config, UpstreamTls};
+
+pub mod pool;
 
 /// A byte stream to PostgreSQL, plain or TLS.
 pub type UpStream = Either<TcpStream, pgwire::tokio::tokio_rustls::client::TlsStream<TcpStream>>;
@@ -52,6 +54,8 @@ pub struct UpstreamConn {
     pub secret: i32,
     /// Bytes already read past ReadyForQuery (normally empty).
     pub leftover: BytesMut,
+    /// When the PostgreSQL session was started (pooled sessions have a lifetime).
+    pub born: Instant,
 }
 
 /// How to reach PostgreSQL; built once from the config.
@@ -151,6 +155,7 @@ impl UpstreamTarget {
             pid: 0,
             secret: 0,
             leftover: BytesMut::new(),
+            born: Instant::now(),
         };
         loop {
             let msg = next_message(&mut out.stream, &mut rd).await?;

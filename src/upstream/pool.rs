@@ -1,0 +1,153 @@
+//! Upstream session pooling (`upstream.pool_size`): a client session that ends cleanly leaves
+//! its PostgreSQL session behind for the next client, after `DISCARD ALL` (see `session`).
+//!
+//! Rules that keep one user's state from reaching another:
+//! - only a session that ended with Terminate while PostgreSQL was idle (every unit answered,
+//!   ReadyForQuery status `I`, no extended-protocol batch open) is reset and kept; anything else
+//!   closes the upstream session, as without pooling;
+//! - the reset is `DISCARD ALL` and must answer exactly CommandComplete + ReadyForQuery `I`
+//!   (notices and notifications in between are dropped), with nothing after it;
+//! - a session for which a cancel request was forwarded is never kept (the request could reach
+//!   PostgreSQL after the next client has started);
+//! - sessions are reused only by clients with the same forwarded startup parameters, so
+//!   `RESET ALL` returns every setting to what a new session for that client would have;
+//! - a kept session is checked before reuse: any byte or end-of-file waiting on it means it is
+//!   not what pgveil left, and it is closed.
+//!
+//! Each session thread has its own pool, because a socket belongs to its thread's reactor.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{UpStream, UpstreamConn};
+use crate::config::UpstreamConfig;
+
+/// The startup parameters a pooled session was started with (sorted).
+pub type PoolKey = Vec<(String, String)>;
+
+/// Idle upstream sessions, one pool per session thread.
+pub struct Pool {
+    shards: Vec<Mutex<Vec<Idle>>>,
+    per_shard: usize,
+    lifetime: Duration,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    key: PoolKey,
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+impl Pool {
+    /// A pool for `threads` session threads; `pool_size` idle sessions in all.
+    pub fn new(cfg: &UpstreamConfig, threads: usize) -> Pool {
+        let threads = threads.max(1);
+        Pool {
+            shards: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
+            per_shard: cfg.pool_size.div_ceil(threads),
+            lifetime: Duration::from_secs(cfg.pool_lifetime_s),
+            idle_timeout: Duration::from_secs(cfg.pool_idle_timeout_s),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.per_shard > 0
+    }
+
+    /// A kept session for `key` on thread `shard`, checked and ready, if there is one.
+    pub fn take(&self, shard: usize, key: &PoolKey) -> Option<UpstreamConn> {
+        let (found, expired) = {
+            let mut idle = self.shards.get(shard)?.lock().ok()?;
+            let expired = self.expire(&mut idle);
+            let found = idle
+                .iter()
+                .rposition(|i| &i.key == key)
+                .map(|pos| idle.swap_remove(pos).conn);
+            (found, expired)
+        };
+        expired.into_iter().for_each(close);
+        let conn = found?;
+        if still_idle(&conn.stream) {
+            Some(conn)
+        } else {
+            tracing::debug!("pooled upstream session was closed or not idle; dropped");
+            close(conn);
+            None
+        }
+    }
+
+    /// Keep a reset session for later (closed instead when the pool is full or it is too old).
+    pub fn put(&self, shard: usize, key: PoolKey, conn: UpstreamConn) {
+        let rejected = match self.shards.get(shard).and_then(|s| s.lock().ok()) {
+            Some(mut idle) => {
+                let mut out = self.expire(&mut idle);
+                if idle.len() < self.per_shard && conn.born.elapsed() < self.lifetime {
+                    idle.push(Idle {
+                        key,
+                        conn,
+                        since: Instant::now(),
+                    });
+                } else {
+                    out.push(conn);
+                }
+                out
+            }
+            None => vec![conn],
+        };
+        rejected.into_iter().for_each(close);
+    }
+
+    /// Take out the sessions that are too old or idle for too long.
+    fn expire(&self, idle: &mut Vec<Idle>) -> Vec<UpstreamConn> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            let stale = idle[i].since.elapsed() >= self.idle_timeout
+                || idle[i].conn.born.elapsed() >= self.lifetime;
+            if stale {
+                out.push(idle.swap_remove(i).conn);
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Number of idle sessions kept (all threads).
+    pub fn idle(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|v| v.len()))
+            .sum()
+    }
+}
+
+/// Nothing may be waiting on an idle session: data or end-of-file means it is unusable.
+fn still_idle(stream: &UpStream) -> bool {
+    let tcp = match stream {
+        tokio_util::either::Either::Left(tcp) => tcp,
+        tokio_util::either::Either::Right(tls) => tls.get_ref().0,
+    };
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(tcp).peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// End a session politely (Terminate) in the background; dropped as is outside a runtime.
+fn close(conn: UpstreamConn) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let mut stream = conn.stream;
+            let _ = stream.write_all(&TERMINATE).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The Terminate message.
+pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
