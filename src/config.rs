@@ -406,6 +406,26 @@ mod tests {
     }
 
     #[test]
+    fn pool_settings_are_checked() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.upstream.pool_size, 0, "pooling is off unless asked for");
+        assert_eq!(c.upstream.pool_lifetime_s, 3_600);
+        assert_eq!(c.upstream.pool_idle_timeout_s, 300);
+        let c = Config::parse(&format!(
+            "{MIN}pool_size=20000\npool_lifetime_s=0\npool_idle_timeout_s=0\n"
+        ))
+        .unwrap();
+        let p = c.problems();
+        for key in [
+            "upstream.pool_size",
+            "upstream.pool_lifetime_s",
+            "upstream.pool_idle_timeout_s",
+        ] {
+            assert!(p.iter().any(|s| s.starts_with(key)), "{key}: {p:?}");
+        }
+    }
+
+    #[test]
     fn example_config_parses() {
         let text = include_str!("../config/pgveil.example.toml");
         let c = Config::parse(text).unwrap();

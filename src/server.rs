@@ -269,8 +269,12 @@ impl Server {
                     let kept = crate::session::run(&server, *started, addr).await;
                     let cancelled = server.unregister_cancel(&key);
                     match kept {
-                        Some(conn) if !cancelled => server.pool.put(shard, pool_key, conn),
-                        Some(_) => tracing::debug!("upstream session closed: a cancel was sent"),
+                        Some(conn) if !cancelled && !server.shutdown.is_cancelled() => {
+                            server.pool.put(shard, pool_key, conn);
+                        }
+                        Some(_) => {
+                            tracing::debug!("upstream session closed: cancel sent or stopping")
+                        }
                         None => {}
                     }
                     tracing::info!("session ended");
@@ -340,7 +344,22 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         .map_err(|e| ServeError::Catalog(e.to_string()))?;
     let server = Server::new(config, store)?;
     crate::control::spawn_reloader(server.clone());
+    if server.pool.enabled() {
+        tokio::spawn(sweep_pool(server.clone()));
+    }
     let task = tokio::spawn(server.clone().run(listener));
     tracing::info!(%addr, "pgveil listening");
     Ok(Running { addr, server, task })
+}
+
+/// Close pooled upstream sessions as they expire, and all of them at shutdown.
+async fn sweep_pool(server: Arc<Server>) {
+    let every = server.pool.sweep_interval();
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => server.pool.sweep(),
+        }
+    }
+    server.pool.clear();
 }

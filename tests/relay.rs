@@ -844,3 +844,47 @@ async fn pooled_sessions_keep_identity_boundaries() {
     }
     assert_eq!(pool.idle(), 0, "a session PostgreSQL ended is still kept");
 }
+
+/// A kept session idle for longer than `pool_idle_timeout_s` is closed by pgveil, and so are
+/// all kept sessions when pgveil stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_are_closed_when_idle_too_long_and_at_shutdown() {
+    let env = Env::start_with(|c| {
+        c.upstream.pool_size = 4;
+        c.upstream.pool_idle_timeout_s = 1;
+    })
+    .await;
+    let direct = env.direct().await;
+    let backends = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pool_probe'";
+    let conn = format!("{} application_name=pool_probe", env.conn_str("admin"));
+    drop(common::connect_str(&conn).await.unwrap());
+    sessions_ended(&env).await;
+    assert_eq!(env.running.server.pool.idle(), 1);
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let n: i64 = direct.query_one(backends, &[]).await.unwrap().get(0);
+        if n == 0 && env.running.server.pool.idle() == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "an idle kept session was not closed");
+
+    drop(common::connect_str(&conn).await.unwrap());
+    sessions_ended(&env).await;
+    assert_eq!(env.running.server.pool.idle(), 1);
+    let Env { running, pg, .. } = env;
+    running.shutdown().await;
+    let direct = common::connect_str(&pg.conn_str("crm")).await.unwrap();
+    let mut closed = false;
+    for _ in 0..50 {
+        let n: i64 = direct.query_one(backends, &[]).await.unwrap().get(0);
+        if n == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(closed, "kept sessions outlived pgveil's shutdown");
+}

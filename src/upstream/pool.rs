@@ -100,6 +100,34 @@ impl Pool {
         rejected.into_iter().for_each(close);
     }
 
+    /// Close the sessions that are too old or idle for too long (run periodically).
+    pub fn sweep(&self) {
+        let expired: Vec<UpstreamConn> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.lock().ok())
+            .flat_map(|mut idle| self.expire(&mut idle))
+            .collect();
+        expired.into_iter().for_each(close);
+    }
+
+    /// Close every kept session (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<UpstreamConn> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.lock().ok())
+            .flat_map(|mut idle| idle.drain(..).map(|i| i.conn).collect::<Vec<_>>())
+            .collect();
+        all.into_iter().for_each(close);
+    }
+
+    /// How often `sweep` should run.
+    pub fn sweep_interval(&self) -> Duration {
+        self.idle_timeout
+            .clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
     /// Take out the sessions that are too old or idle for too long.
     fn expire(&self, idle: &mut Vec<Idle>) -> Vec<UpstreamConn> {
         let mut out = Vec::new();
