@@ -8,7 +8,8 @@
 //! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
 //!
 //! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default;
-//! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS and PGVEIL_BENCH_SESSION_THREADS: see README)
+//! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
+//! PGVEIL_BENCH_POOL (upstream pool size, default 40; 0 = off): see README)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -201,6 +202,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = env_number("PGVEIL_BENCH_SESSION_THREADS") {
         cfg.server.session_threads = n; // e.g. to compare 1 thread with one per CPU
     }
+    // upstream pooling as PgBouncer's default_pool_size below (0: every session connects)
+    cfg.upstream.pool_size = env_number("PGVEIL_BENCH_POOL").unwrap_or(40);
     if let Some(on) = env_number::<u8>("PGVEIL_BENCH_PREPARE_SIMPLE") {
         cfg.server.prepare_simple_statements = on != 0; // 0: restricted simple statements as text
     }
@@ -290,11 +293,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!("(pgbouncer not installed: skipping that target)");
     }
-    let workloads: [(&str, &[&str]); 4] = [
+    let workloads: [(&str, &[&str]); 5] = [
         ("select-only -M simple", &["-S", "-M", "simple"]),
         ("select-only -M extended", &["-S", "-M", "extended"]),
         ("select-only -M prepared", &["-S", "-M", "prepared"]),
         ("tpcb-like (default)", &[]),
+        // a new connection (SCRAM login included) for every transaction
+        ("select-only -C reconnect", &["-S", "-M", "simple", "-C"]),
     ];
     println!(
         "pgbench {seconds}s per run, median of {rounds} rounds, scale 1, PostgreSQL {}",
