@@ -13,9 +13,9 @@
 //! message ordering, pipelining behaviour (skip until Sync) and transaction abort. The
 //! ParseComplete, BindComplete, CloseComplete and NoData of a bound statement are dropped.
 //!
-//! With `upstream.pool_size`, a client's Terminate while PostgreSQL is idle is not forwarded:
-//! pgveil sends `DISCARD ALL`, the upstream pump checks its answer (and relays nothing), and
-//! a clean session goes back to the pool (rules in `upstream::pool`).
+//! With `upstream.pool_size`, a client's Terminate outside an extended-protocol batch is not
+//! forwarded: pgveil sends `DISCARD ALL`, the upstream pump checks the remaining answers (and
+//! relays nothing), and a clean session goes back to the pool (rules in `upstream::pool`).
 
 mod bound;
 mod frame;
@@ -178,8 +178,9 @@ where
     }
 }
 
-/// The client's Terminate: forwarded, or (pooling, PostgreSQL idle) replaced by `DISCARD ALL`
-/// whose answer the upstream pump checks; this pump then only waits out the reset timeout.
+/// The client's Terminate: forwarded, or (pooling, no batch open, not known to be in a
+/// transaction) replaced by `DISCARD ALL` whose answer the upstream pump checks; this pump
+/// then only waits out the reset timeout.
 async fn terminate<W: AsyncWrite + Unpin>(
     server: &Server,
     frame: Frame,

@@ -2,11 +2,12 @@
 //! its PostgreSQL session behind for the next client, after `DISCARD ALL` (see `session`).
 //!
 //! Rules that keep one user's state from reaching another:
-//! - only a session that ended with Terminate while PostgreSQL was idle (every unit answered,
-//!   ReadyForQuery status `I`, no extended-protocol batch open) is reset and kept; anything else
-//!   closes the upstream session, as without pooling;
-//! - the reset is `DISCARD ALL` and must answer exactly CommandComplete + ReadyForQuery `I`
-//!   (notices and notifications in between are dropped), with nothing after it;
+//! - only a session that ended with Terminate and no extended-protocol batch open is reset;
+//!   anything else closes the upstream session, as without pooling;
+//! - the reset is `DISCARD ALL`, sent behind whatever the client sent before Terminate; the
+//!   last answer must be exactly CommandComplete `DISCARD ALL` + ReadyForQuery `I` (PostgreSQL
+//!   refuses it inside a transaction), with no error or COPY among the answers and nothing
+//!   after them; none of it reaches the client;
 //! - a session for which a cancel request was forwarded is never kept (the request could reach
 //!   PostgreSQL after the next client has started);
 //! - sessions are reused only by clients with the same forwarded startup parameters, so
