@@ -765,13 +765,7 @@ async fn sessions_that_end_busy_are_not_reused() {
     // a cancel request was forwarded for the session
     let c = env.connect("admin").await;
     let token = c.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        let r = c.batch_execute("SELECT pg_sleep(30)").await;
-        (c, r)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let (c, r) = sleeper.await.unwrap();
+    let (c, r) = cancel_during(c, "SELECT pg_sleep(30)", token).await;
     assert_eq!(code(&r.unwrap_err()), "57014");
     c.batch_execute("SELECT 1").await.unwrap();
     drop(c);
@@ -784,6 +778,21 @@ async fn sessions_that_end_busy_are_not_reused() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0, "unfinished work was committed");
+}
+
+/// Run `sql` on `c` and send `token`'s cancel request 300 ms into it.
+async fn cancel_during(
+    c: tokio_postgres::Client,
+    sql: &'static str,
+    token: tokio_postgres::CancelToken,
+) -> (tokio_postgres::Client, Result<(), tokio_postgres::Error>) {
+    let query = tokio::spawn(async move {
+        let r = c.batch_execute(sql).await;
+        (c, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    query.await.unwrap()
 }
 
 /// A kept session is only reused under the same startup parameters, an old client's cancel key
@@ -816,13 +825,7 @@ async fn pooled_sessions_keep_identity_boundaries() {
     // the next app_one client reuses the session; the previous client's key cannot cancel it
     let again = common::connect_str(&with_app("app_one")).await.unwrap();
     assert_eq!(backend_pid(&again).await, pid_one);
-    let query = tokio::spawn(async move {
-        let r = again.batch_execute("SELECT pg_sleep(1.5)").await;
-        (again, r)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    old_token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let (again, r) = query.await.unwrap();
+    let (again, r) = cancel_during(again, "SELECT pg_sleep(1.5)", old_token).await;
     r.expect("an ended session's cancel key cancelled the next client's query");
     drop(again);
     drop(two);

@@ -103,24 +103,23 @@ impl Pool {
 
     /// Close the sessions that are too old or idle for too long (run periodically).
     pub fn sweep(&self) {
-        let expired: Vec<UpstreamConn> = self
-            .shards
-            .iter()
-            .filter_map(|s| s.lock().ok())
-            .flat_map(|mut idle| self.expire(&mut idle))
-            .collect();
-        expired.into_iter().for_each(close);
+        self.close_taken(|idle| self.expire(idle));
     }
 
     /// Close every kept session (shutdown).
     pub fn clear(&self) {
-        let all: Vec<UpstreamConn> = self
+        self.close_taken(|idle| idle.drain(..).map(|i| i.conn).collect());
+    }
+
+    /// Close what `take` removes from each thread's pool (outside the locks).
+    fn close_taken(&self, take: impl Fn(&mut Vec<Idle>) -> Vec<UpstreamConn>) {
+        let taken: Vec<UpstreamConn> = self
             .shards
             .iter()
             .filter_map(|s| s.lock().ok())
-            .flat_map(|mut idle| idle.drain(..).map(|i| i.conn).collect::<Vec<_>>())
+            .flat_map(|mut idle| take(&mut idle))
             .collect();
-        all.into_iter().for_each(close);
+        taken.into_iter().for_each(close);
     }
 
     /// How often `sweep` should run.
