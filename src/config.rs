@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub session_threads: usize,
     /// Run restricted users' simple-protocol statements as prepared statements upstream.
     pub prepare_simple_statements: bool,
+    /// TCP keepalive idle time of client and upstream sockets (0 = off).
+    pub tcp_keepalive_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             search_path: vec!["public".into()],
             session_threads: 0,
             prepare_simple_statements: true,
+            tcp_keepalive_s: 60,
         }
     }
 }

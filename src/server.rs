@@ -232,9 +232,8 @@ impl Server {
     }
 
     fn spawn_connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
-        // Replies are written whole; Nagle would only hold back the tail of large results.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        if let Err(e) = crate::net::tune(&tcp, self.config.server.tcp_keepalive_s) {
+            tracing::debug!(error = %e, "socket options not set");
         }
         // The socket moves to the session thread's own reactor.
         let tcp = match tcp.into_std() {

@@ -67,6 +67,8 @@ pub struct UpstreamTarget {
     password: Option<String>,
     tls: Option<(TlsConnector, rustls::pki_types::ServerName<'static>)>,
     pub connect_timeout: Duration,
+    /// `server.tcp_keepalive_s`.
+    keepalive_s: u64,
 }
 
 impl std::fmt::Debug for UpstreamTarget {
@@ -94,6 +96,7 @@ impl UpstreamTarget {
             password: cfg.upstream_password(),
             tls,
             connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+            keepalive_s: cfg.server.tcp_keepalive_s,
         })
     }
 
@@ -105,7 +108,7 @@ impl UpstreamTarget {
         )
         .await
         .map_err(|_| UpstreamError::Timeout)??;
-        tcp.set_nodelay(true)?;
+        crate::net::tune(&tcp, self.keepalive_s)?;
         match &self.tls {
             None => Ok(Either::Left(tcp)),
             Some((connector, name)) => {
