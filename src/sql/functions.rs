@@ -226,6 +226,7 @@ const ALLOWED: &[&str] = &[
     "cardinality",
     "unnest",
     "generate_series",
+    "generate_subscripts",
     "array_dims",
     "array_ndims",
     // sequences and identity of the session (values of this session only)
