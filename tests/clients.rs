@@ -1,10 +1,13 @@
-//! Client libraries other than tokio-postgres, as BI tools and analysts use them: psycopg2
-//! (simple protocol with client-side parameters, server-side cursors, COPY, error codes) and
-//! SQLAlchemy (catalog introspection as BI tools do it, bound parameters), through pgveil as a
-//! restricted and an unrestricted user, checked against PostgreSQL and tokio-postgres.
+//! Client libraries other than tokio-postgres, as BI tools and analysts use them, through
+//! pgveil as a restricted and an unrestricted user, checked against PostgreSQL and
+//! tokio-postgres: psycopg2 (simple protocol with client-side parameters, server-side cursors,
+//! COPY, error codes) and SQLAlchemy (catalog introspection, bound parameters), as pandas and
+//! notebooks use them; pgjdbc (extended protocol, server-side prepared statements, a fetch size
+//! through a named portal, DatabaseMetaData) as DBeaver and Metabase use it.
 //!
 //! The Python packages (pinned) are installed with pip into this test's target directory on
-//! first use; without them the test fails, it does not skip.
+//! first use; pgjdbc is Debian's `libpostgresql-jdbc-java` (`.ci/run` installs it). Without
+//! them the tests fail, they do not skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
@@ -44,31 +47,89 @@ fn python_packages() -> PathBuf {
     dir
 }
 
-/// Run the psycopg2/SQLAlchemy script as `user`; its JSON outcomes.
-async fn python_client(env: &Env, packages: &PathBuf, user: &str) -> Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/psycopg_client.py"
-    );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
+/// pgjdbc from Debian's package.
+const PGJDBC: &str = "/usr/share/java/postgresql.jar";
+
+/// Run a client program (`cmd` + `args`, then port, user, password) as `user`; its JSON.
+async fn client(env: &Env, cmd: &mut tokio::process::Command, user: &str) -> Value {
+    let out = cmd
         .arg(env.port().to_string())
         .arg(user)
         .arg(pgveil::demo::password(user))
-        .env("PYTHONPATH", packages)
         .output()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "client script as {user}: {}",
+        "{cmd:?} as {user}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn python_client(env: &Env, packages: &PathBuf, user: &str) -> Value {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script("psycopg_client.py"))
+        .env("PYTHONPATH", packages);
+    client(env, &mut cmd, user).await
+}
+
+async fn jdbc_client(env: &Env, user: &str) -> Value {
+    assert!(
+        std::path::Path::new(PGJDBC).exists(),
+        "{PGJDBC} missing: install Debian's libpostgresql-jdbc-java (.ci/run does)"
+    );
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.args(["-cp", PGJDBC]).arg(script("JdbcClient.java"));
+    client(env, &mut cmd, user).await
 }
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// The ids `user` sees through pgveil (tokio-postgres), the first `n`.
+async fn first_ids(env: &Env, user: &str, n: i64) -> Value {
+    let c = env.connect(user).await;
+    let rows = c
+        .query("SELECT id FROM customers ORDER BY id LIMIT $1", &[&n])
+        .await
+        .unwrap();
+    rows.iter().map(|r| json!(r.get::<_, i32>(0))).collect()
+}
+
+/// What the catalog says: public tables and the columns of customers, as JSON lists.
+async fn structure(direct: &tokio_postgres::Client) -> (Value, Value) {
+    let names = |sql: &'static str| async move {
+        let rows = direct.query(sql, &[]).await.unwrap();
+        rows.iter()
+            .map(|r| json!(r.get::<_, String>(0)))
+            .collect::<Value>()
+    };
+    let tables =
+        names("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1");
+    let columns = names(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = 'customers' ORDER BY ordinal_position",
+    );
+    (tables.await, columns.await)
+}
+
+/// Total customers and rita's (her scope: her own records).
+async fn customer_counts(direct: &tokio_postgres::Client) -> (i64, i64) {
+    let total = count(direct, "SELECT count(*) FROM customers").await;
+    let ritas = count(
+        direct,
+        "SELECT count(*) FROM customers WHERE owner = 'rita'",
+    )
+    .await;
+    assert!(ritas < total);
+    (total, ritas)
 }
 
 /// What tokio-postgres gets through pgveil as `user` for the script's first queries.
@@ -91,12 +152,7 @@ async fn seen_by(env: &Env, user: &str) -> (Value, Value) {
             ])
         })
         .collect();
-    let ids = c
-        .query("SELECT id FROM customers ORDER BY id LIMIT 10", &[])
-        .await
-        .unwrap();
-    let ids: Vec<Value> = ids.iter().map(|r| json!(r.get::<_, i32>(0))).collect();
-    (Value::from(first_rows), Value::from(ids))
+    (Value::from(first_rows), first_ids(env, user, 10).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,34 +160,8 @@ async fn psycopg2_and_sqlalchemy_work_within_the_policy() {
     let packages = tokio::task::spawn_blocking(python_packages).await.unwrap();
     let env = Env::start().await;
     let direct = env.direct().await;
-    let total = count(&direct, "SELECT count(*) FROM customers").await;
-    let ritas = count(
-        &direct,
-        "SELECT count(*) FROM customers WHERE owner = 'rita'",
-    )
-    .await;
-    assert!(ritas < total);
-    let columns: Vec<Value> = direct
-        .query(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = 'public' AND table_name = 'customers' ORDER BY ordinal_position",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| json!(r.get::<_, String>(0)))
-        .collect();
-    let tables: Vec<Value> = direct
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| json!(r.get::<_, String>(0)))
-        .collect();
+    let (total, ritas) = customer_counts(&direct).await;
+    let (tables, columns) = structure(&direct).await;
 
     for (user, visible, refused, copied) in [
         ("rita", ritas, json!("42501"), json!({"error": "42501"})),
@@ -153,10 +183,40 @@ async fn psycopg2_and_sqlalchemy_work_within_the_policy() {
         expect("copy_out", copied);
         expect("rolled_back_update", json!(1));
         // structure stays readable for BI tools, restricted or not
-        expect("tables", Value::from(tables.clone()));
-        expect("columns", Value::from(columns.clone()));
+        expect("tables", tables.clone());
+        expect("columns", columns.clone());
         expect("pk", json!(["id"]));
         expect("fks", json!(["orders_customer_id_fkey"]));
         assert!(got["indexes"].is_array(), "{user}: indexes: {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_works_within_the_policy() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let (total, ritas) = customer_counts(&direct).await;
+    let (tables, columns) = structure(&direct).await;
+    for (user, visible, refused) in [
+        ("rita", ritas, json!("42501")),
+        ("admin", total, Value::Null),
+    ] {
+        let got = jdbc_client(&env, user).await;
+        let expect = |key: &str, want: Value| {
+            assert_eq!(got[key], want, "{user}: {key} (all outcomes: {got})");
+        };
+        expect("count", json!(visible));
+        expect("fetch_ids", first_ids(&env, user, 20).await);
+        expect(
+            "refused_then_usable",
+            json!({"refused": refused, "after": 1}),
+        );
+        expect("tables", tables.clone());
+        expect("columns", columns.clone());
+        expect("pk", json!(["id"]));
+        expect("fks", json!(["orders_customer_id_fkey"]));
+        expect("indexes", json!(["customers_pkey"]));
+        let schemas = got["schemas"].as_array().expect("schemas");
+        assert!(schemas.contains(&json!("public")), "{user}: {got}");
     }
 }

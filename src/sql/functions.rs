@@ -326,11 +326,20 @@ const ALLOWED: &[&str] = &[
     "array",
 ];
 
+/// Allowed only schema-qualified (an unqualified name could resolve to a user's function):
+/// `_pg_expandarray` turns its array argument into (element, position) rows; pgjdbc's
+/// primary-key and index metadata queries use it.
+const ALLOWED_QUALIFIED: &[&str] = &["information_schema._pg_expandarray"];
+
 /// Decide whether `name` (folded parts, optional schema) may be called.
 pub fn check_function(parts: &[String], safe: &HashSet<String>) -> Result<(), ClientError> {
     let full = parts.join(".");
     // pgveil's own assertion helpers (raise an error or return true) are harmless.
-    if safe.contains(&full) || full == "pgveil.assert_scope" || full == "pgveil.assert_limit" {
+    if safe.contains(&full)
+        || full == "pgveil.assert_scope"
+        || full == "pgveil.assert_limit"
+        || ALLOWED_QUALIFIED.contains(&full.as_str())
+    {
         return Ok(());
     }
     let (schema, name) = match parts {
@@ -381,6 +390,10 @@ mod tests {
             check_function(&["public".into(), "count".into()], &safe).is_err(),
             "user schema shadowing"
         );
+        let expand = |schema: &str| vec![schema.to_owned(), "_pg_expandarray".to_owned()];
+        assert!(check_function(&expand("information_schema"), &safe).is_ok());
+        assert!(check_function(&expand("public"), &safe).is_err());
+        assert!(check_function(&["_pg_expandarray".into()], &safe).is_err());
         let safe: HashSet<String> = ["public.score".to_owned()].into();
         assert!(check_function(&["public".into(), "score".into()], &safe).is_ok());
     }
