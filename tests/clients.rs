@@ -47,6 +47,30 @@ fn python_packages() -> PathBuf {
     dir
 }
 
+const NODE_PACKAGES: &[&str] = &["pg@8.13.1"];
+
+/// A directory holding node-postgres (installed once per target directory).
+fn node_packages() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-clients");
+    let marker = dir.join(format!(".installed-{}", NODE_PACKAGES.join("-")));
+    if marker.exists() {
+        return dir.join("node_modules");
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .args(NODE_PACKAGES)
+        .status()
+        .expect("node and npm are needed for the client tests (.ci/run installs them)");
+    assert!(
+        status.success(),
+        "npm install {NODE_PACKAGES:?} failed: the client tests need the npm registry"
+    );
+    std::fs::write(&marker, "").unwrap();
+    dir.join("node_modules")
+}
+
 /// pgjdbc from Debian's package.
 const PGJDBC: &str = "/usr/share/java/postgresql.jar";
 
@@ -76,6 +100,12 @@ async fn python_client(env: &Env, packages: &PathBuf, user: &str) -> Value {
     let mut cmd = tokio::process::Command::new("python3");
     cmd.arg(script("psycopg_client.py"))
         .env("PYTHONPATH", packages);
+    client(env, &mut cmd, user).await
+}
+
+async fn node_client(env: &Env, modules: &PathBuf, user: &str) -> Value {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script("node_client.js")).env("NODE_PATH", modules);
     client(env, &mut cmd, user).await
 }
 
@@ -218,5 +248,38 @@ async fn pgjdbc_works_within_the_policy() {
         expect("indexes", json!(["customers_pkey"]));
         let schemas = got["schemas"].as_array().expect("schemas");
         assert!(schemas.contains(&json!("public")), "{user}: {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_works_within_the_policy() {
+    let modules = tokio::task::spawn_blocking(node_packages).await.unwrap();
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let (total, ritas) = customer_counts(&direct).await;
+    for (user, visible, refused) in [
+        ("rita", ritas, json!("42501")),
+        ("admin", total, Value::Null),
+    ] {
+        let got = node_client(&env, &modules, user).await;
+        let expect = |key: &str, want: Value| {
+            assert_eq!(got[key], want, "{user}: {key} (all outcomes: {got})");
+        };
+        // the named statement, executed three times, gives what tokio-postgres gets
+        let c = env.connect(user).await;
+        let mut named = Vec::new();
+        for i in [10, 11, 12] {
+            let sql = "SELECT id FROM customers WHERE id >= $1 ORDER BY id LIMIT 1";
+            let row = c.query_opt(sql, &[&i]).await.unwrap();
+            named.push(row.map_or(Value::Null, |r| json!(r.get::<_, i32>(0))));
+        }
+        expect("count", json!(visible));
+        expect("named", Value::from(named));
+        expect(
+            "refused_then_usable",
+            json!({"refused": refused, "after": 1}),
+        );
+        expect("rolled_back_update", json!(1));
+        expect("pool", json!(vec![visible; 8]));
     }
 }
