@@ -363,8 +363,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if let Some((_, _, mut child)) = bouncer {
+    if let Some((dir, _, mut child)) = bouncer {
+        // `child` is runuser; PgBouncer itself is stopped through its pid file
+        if let Ok(pid) = std::fs::read_to_string(dir.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
         let _ = child.kill();
+        let _ = child.wait();
     }
     rt.block_on(running.shutdown());
     Ok(())
