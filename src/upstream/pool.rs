@@ -80,23 +80,24 @@ impl Pool {
         }
     }
 
-    /// Keep a reset session for later (closed instead when the pool is full or it is too old).
+    /// Keep a reset session for later (closed instead when it is too old); when the pool is
+    /// full, the session idle for longest makes room.
     pub fn put(&self, shard: usize, key: PoolKey, conn: UpstreamConn) {
         let rejected = match self.shards.get(shard).and_then(|s| s.lock().ok()) {
-            Some(mut idle) => {
+            Some(mut idle) if conn.born.elapsed() < self.lifetime => {
                 let mut out = self.expire(&mut idle);
-                if idle.len() < self.per_shard && conn.born.elapsed() < self.lifetime {
-                    idle.push(Idle {
-                        key,
-                        conn,
-                        since: Instant::now(),
-                    });
-                } else {
-                    out.push(conn);
+                if idle.len() >= self.per_shard {
+                    let oldest = (0..idle.len()).min_by_key(|&i| idle[i].since);
+                    out.extend(oldest.map(|i| idle.swap_remove(i).conn));
                 }
+                idle.push(Idle {
+                    key,
+                    conn,
+                    since: Instant::now(),
+                });
                 out
             }
-            None => vec![conn],
+            _ => vec![conn],
         };
         rejected.into_iter().for_each(close);
     }
@@ -179,3 +180,64 @@ fn close(conn: UpstreamConn) {
 
 /// The Terminate message.
 pub const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected socket standing in for a PostgreSQL session (its peer kept open).
+    async fn session(listener: &TcpListener, peers: &mut Vec<TcpStream>) -> UpstreamConn {
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        peers.push(listener.accept().await.unwrap().0);
+        UpstreamConn {
+            stream: tokio_util::either::Either::Left(stream),
+            params: Vec::new(),
+            pid: 1,
+            secret: 2,
+            leftover: BytesMut::new(),
+            born: Instant::now(),
+        }
+    }
+
+    fn key(app: &str) -> PoolKey {
+        vec![("application_name".into(), app.into())]
+    }
+
+    /// Full pool: the session idle longest makes room. Reuse only under the same key. A
+    /// session whose peer closed or sent something is not handed out.
+    #[tokio::test]
+    async fn full_pools_evict_the_longest_idle_and_dead_sessions_are_skipped() {
+        let cfg = UpstreamConfig {
+            pool_size: 2,
+            ..UpstreamConfig::default()
+        };
+        let pool = Pool::new(&cfg, 1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peers = Vec::new();
+        for app in ["a", "b", "c"] {
+            let conn = session(&listener, &mut peers).await;
+            pool.put(0, key(app), conn);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.idle(), 2);
+        assert!(pool.take(0, &key("a")).is_none(), "the oldest was evicted");
+        assert!(pool.take(0, &key("x")).is_none(), "no session for another key");
+        assert!(pool.take(0, &key("c")).is_some());
+        // b's peer goes away: b is dropped, not handed out
+        drop(peers.remove(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take(0, &key("b")).is_none());
+        assert_eq!(pool.idle(), 0);
+        // a peer that sends anything makes the session unusable too
+        let conn = session(&listener, &mut peers).await;
+        pool.put(0, key("d"), conn);
+        let peer = peers.last_mut().unwrap();
+        tokio::io::AsyncWriteExt::write_all(peer, b"N").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take(0, &key("d")).is_none());
+    }
+}
