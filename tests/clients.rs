@@ -13,62 +13,64 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use common::Env;
 use serde_json::{json, Value};
 
 const PACKAGES: &[&str] = &["psycopg2-binary==2.9.10", "SQLAlchemy==2.0.36"];
 
-/// A directory holding the client packages (installed once per target directory).
-fn python_packages() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-clients");
-    let marker = dir.join(format!(".installed-{}", PACKAGES.join("-")));
-    if marker.exists() {
-        return dir;
+/// A directory under the target dir holding `packages`, installed once by `installer` (which
+/// gets the directory and the packages as its last arguments). Fails, never skips.
+fn installed(name: &str, packages: &[&str], mut installer: Command, needs: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let marker = dir.join(format!(".installed-{}", packages.join("-")));
+    if !marker.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = installer
+            .arg(&dir)
+            .args(packages)
+            .status()
+            .unwrap_or_else(|e| panic!("{installer:?}: {e}; the client tests need {needs}"));
+        assert!(
+            status.success(),
+            "{installer:?} failed: the client tests need {needs}"
+        );
+        std::fs::write(&marker, "").unwrap();
     }
-    let status = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--target")
-        .arg(&dir)
-        .args(PACKAGES)
-        .status()
-        .expect("python3 with pip is needed for the client tests (.ci/run installs it)");
-    assert!(
-        status.success(),
-        "pip install {PACKAGES:?} failed: the client tests need PyPI"
-    );
-    std::fs::write(&marker, "").unwrap();
     dir
+}
+
+fn python_packages() -> PathBuf {
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+    ]);
+    installed(
+        "python-clients",
+        PACKAGES,
+        pip,
+        "python3 with pip, and PyPI",
+    )
 }
 
 const NODE_PACKAGES: &[&str] = &["pg@8.13.1"];
 
-/// A directory holding node-postgres (installed once per target directory).
 fn node_packages() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-clients");
-    let marker = dir.join(format!(".installed-{}", NODE_PACKAGES.join("-")));
-    if marker.exists() {
-        return dir.join("node_modules");
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = std::process::Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .args(NODE_PACKAGES)
-        .status()
-        .expect("node and npm are needed for the client tests (.ci/run installs them)");
-    assert!(
-        status.success(),
-        "npm install {NODE_PACKAGES:?} failed: the client tests need the npm registry"
-    );
-    std::fs::write(&marker, "").unwrap();
-    dir.join("node_modules")
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"]);
+    installed(
+        "node-clients",
+        NODE_PACKAGES,
+        npm,
+        "node with npm, and the npm registry",
+    )
+    .join("node_modules")
 }
 
 /// pgjdbc from Debian's package.

@@ -225,7 +225,10 @@ mod tests {
         }
         assert_eq!(pool.idle(), 2);
         assert!(pool.take(0, &key("a")).is_none(), "the oldest was evicted");
-        assert!(pool.take(0, &key("x")).is_none(), "no session for another key");
+        assert!(
+            pool.take(0, &key("x")).is_none(),
+            "no session for another key"
+        );
         assert!(pool.take(0, &key("c")).is_some());
         // b's peer goes away: b is dropped, not handed out
         drop(peers.remove(1));
@@ -236,7 +239,9 @@ mod tests {
         let conn = session(&listener, &mut peers).await;
         pool.put(0, key("d"), conn);
         let peer = peers.last_mut().unwrap();
-        tokio::io::AsyncWriteExt::write_all(peer, b"N").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(peer, b"N")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(pool.take(0, &key("d")).is_none());
     }
