@@ -257,12 +257,12 @@ impl Server {
             };
             let reject = permit.is_none().then_some(ClientError::TooManyConnections);
             match handshake(&server, tcp, reject, shard).await {
-                Handshake::Session(started) => {
+                Handshake::Session(mut started) => {
                     let span = tracing::Span::current();
                     span.record("user", started.user.as_str());
                     span.record("app", started.application_name.as_str());
                     let key = started.client_key.clone();
-                    let pool_key = started.pool_key.clone();
+                    let pool_key = std::mem::take(&mut started.pool_key);
                     server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
                     tracing::info!("session started");
                     let kept = crate::session::run(&server, *started, addr).await;

@@ -43,14 +43,6 @@ pub use refusal::Refusals;
 /// How long pgveil waits for `DISCARD ALL` before it closes the upstream session instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the client pump ended.
-enum ClientEnd {
-    /// The client went away (Terminate forwarded, or end of stream).
-    Closed,
-    /// The reset sent at Terminate did not finish in time.
-    ResetTimedOut,
-}
-
 /// How the upstream pump ended.
 enum UpstreamEnd {
     /// PostgreSQL closed the connection.
@@ -83,7 +75,7 @@ pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) -> Op
         let shared = Shared { refusals, units };
         let to_client = upstream_to_client(&mut up_rd, upstream.leftover, &mut client_wr, shared);
         tokio::select! {
-            r = to_upstream => r.map(|_| UpstreamEnd::Closed).map_err(|e| ("client", e)),
+            r = to_upstream => r.map(|()| UpstreamEnd::Closed).map_err(|e| ("client", e)),
             r = to_client => r.map_err(|e| ("upstream", e)),
         }
     };
@@ -141,7 +133,7 @@ async fn client_to_upstream<R, W>(
     mut up: W,
     ctx: EnforceCtx,
     shared: Shared,
-) -> Result<ClientEnd, SessionError>
+) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -173,7 +165,7 @@ where
             out.clear();
         }
         if rd.read_buf(&mut buf).await? == 0 {
-            return Ok(ClientEnd::Closed);
+            return Ok(());
         }
     }
 }
@@ -188,7 +180,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
     state: &ClientState,
     mut out: BytesMut,
     up: &mut W,
-) -> Result<ClientEnd, SessionError> {
+) -> Result<(), SessionError> {
     // Units still unanswered run first (as PostgreSQL would run them before Terminate); the
     // reset then fails in a transaction, and any error or COPY keeps the session from reuse.
     let reusable = server.pool.enabled()
@@ -199,7 +191,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
         out.extend_from_slice(&frame.bytes);
         up.write_all(&out).await?;
         up.flush().await?;
-        return Ok(ClientEnd::Closed);
+        return Ok(());
     }
     encode(&Query::new("DISCARD ALL".into()), &mut out)?;
     shared.units.begin_reset();
@@ -207,7 +199,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
     up.flush().await?;
     tokio::time::sleep(RESET_TIMEOUT).await;
     tracing::debug!("upstream reset timed out");
-    Ok(ClientEnd::ResetTimedOut)
+    Ok(())
 }
 
 /// Forward or rewrite one frontend message into `out`.

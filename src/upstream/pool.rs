@@ -43,7 +43,7 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool for `threads` session threads; `pool_size` idle sessions in all.
+    /// A pool for `threads` session threads: `pool_size` divided between them, rounded up.
     pub fn new(cfg: &UpstreamConfig, threads: usize) -> Pool {
         let threads = threads.max(1);
         Pool {
