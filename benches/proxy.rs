@@ -7,6 +7,11 @@
 //! Every target runs once per round, in a rotated order, and the median of the rounds is
 //! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
 //!
+//! pgbench and PgBouncer each run in their own session (`setsid`), as PostgreSQL's backends do
+//! and as a client and a proxy service do when deployed: with the kernel's autogroup
+//! scheduling every session gets its own share of CPU, so a proxy that shared a session with
+//! pgbench (pgveil runs inside this process) would be measured with a handicap.
+//!
 //! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default;
 //! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
 //! PGVEIL_BENCH_POOL (upstream pool size, default 40; 0 = off): see README)
@@ -49,7 +54,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) -> Option<Outcome> {
     let jobs = clients.min(2).to_string();
     let cpu_before = t.proxy_pid.and_then(cpu_seconds);
-    let out = Command::new(bin.join("pgbench"))
+    let out = own_session(&bin.join("pgbench"))
         .args([
             "-n",
             "-h",
@@ -160,7 +165,7 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
         .args(["-R", "postgres:postgres"])
         .arg(dir.path())
         .status();
-    let child = Command::new("runuser")
+    let child = own_session(Path::new("runuser"))
         .args(["-u", "postgres", "--"])
         .arg(bin)
         .arg(&ini)
@@ -170,6 +175,18 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
         .ok()?;
     std::thread::sleep(std::time::Duration::from_secs(1));
     Some((dir, port, child))
+}
+
+/// `program` in a session of its own (its own autogroup), when `setsid` is installed.
+fn own_session(program: &Path) -> Command {
+    match which("setsid") {
+        Some(setsid) => {
+            let mut c = Command::new(setsid);
+            c.arg("--wait").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// A number from the environment, if set and valid.

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub max_sql_depth: usize,
     pub search_path: Vec<String>,
     pub session_threads: usize,
+    /// CPU share of one core a session thread should stay under: sessions are packed onto
+    /// as few threads as that allows and spread again as the load grows (0 = off: all
+    /// threads in use, sessions stay where they start).
+    pub thread_busy_target: f64,
     /// Run restricted users' simple-protocol statements as prepared statements upstream.
     pub prepare_simple_statements: bool,
     /// TCP keepalive idle time of client and upstream sockets (0 = off).
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             max_sql_depth: 64,
             search_path: vec!["public".into()],
             session_threads: 0,
+            thread_busy_target: 0.45,
             prepare_simple_statements: true,
             tcp_keepalive_s: 60,
         }
@@ -259,6 +264,9 @@ impl Config {
         if self.server.session_threads > 256 {
             p.push("server.session_threads: at most 256 (0 = one per CPU)".into());
         }
+        if !(0.0..=1.0).contains(&self.server.thread_busy_target) {
+            p.push("server.thread_busy_target: between 0 and 1 (0 = no balancing)".into());
+        }
         if self.server.handshake_timeout_ms == 0 {
             p.push("server.handshake_timeout_ms: must be positive".into());
         }
@@ -399,13 +407,14 @@ mod tests {
     #[test]
     fn all_problems_reported_at_once() {
         let c = Config::parse(&format!(
-            "[server]\nlisten='nope'\nmax_connections=0\nsession_threads=1000\n{MIN}"
+            "[server]\nlisten='nope'\nmax_connections=0\nsession_threads=1000\nthread_busy_target=2.0\n{MIN}"
         ))
         .unwrap();
         let p = c.problems();
         assert!(p.iter().any(|s| s.starts_with("server.listen")));
         assert!(p.iter().any(|s| s.starts_with("server.max_connections")));
         assert!(p.iter().any(|s| s.starts_with("server.session_threads")));
+        assert!(p.iter().any(|s| s.starts_with("server.thread_busy_target")));
     }
 
     #[test]

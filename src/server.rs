@@ -21,12 +21,17 @@ use crate::error::ClientError;
 use crate::front::auth::CatalogAuth;
 use crate::front::startup::{handshake, Handshake};
 use crate::policy::PolicyStore;
+use crate::session::{Detached, Outcome, Session};
 use crate::sql::RewriteCache;
 use crate::upstream::pool::{Pool, PoolKey};
 use crate::upstream::{UpstreamConn, UpstreamError, UpstreamTarget};
+pub use threads::Lane;
 use threads::SessionThreads;
 
 mod threads;
+
+/// How often session threads are balanced (`server.thread_busy_target`).
+const BALANCE_EVERY: Duration = Duration::from_millis(250);
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -265,11 +270,11 @@ impl Server {
                     let pool_key = std::mem::take(&mut started.pool_key);
                     server.register_cancel(&key, (started.upstream.pid, started.upstream.secret));
                     tracing::info!("session started");
-                    let kept = crate::session::run(&server, *started, addr).await;
+                    let (kept, shard) = server.run_session(*started, addr, shard).await;
                     let cancelled = server.unregister_cancel(&key);
                     match kept {
                         Some(conn) if !cancelled && !server.shutdown.is_cancelled() => {
-                            server.pool.put(shard, pool_key, conn);
+                            server.pool.put(shard, pool_key, *conn);
                         }
                         Some(_) => {
                             tracing::debug!("upstream session closed: cancel sent or stopping")
@@ -284,6 +289,88 @@ impl Server {
             drop(permit);
         };
         self.tracker.spawn_on(session.instrument(span), handle);
+    }
+}
+
+/// Part of a session's life on one session thread.
+enum Segment {
+    Ended(Option<Box<UpstreamConn>>),
+    Moved(Box<Detached>, usize),
+}
+
+impl Server {
+    /// Run a started session on thread `home` (where this task runs) and wherever it is moved;
+    /// returns what `session::run` kept and the thread the session ended on.
+    async fn run_session(
+        self: &Arc<Self>,
+        started: crate::front::startup::Started,
+        addr: SocketAddr,
+        home: usize,
+    ) -> (Option<Box<UpstreamConn>>, usize) {
+        let session = Session::new(self, started, addr);
+        let mut here = home;
+        let mut segment = self.clone().segment(session, here).await;
+        loop {
+            match segment {
+                Segment::Ended(kept) => return (kept, here),
+                Segment::Moved(detached, to) => {
+                    self.threads.count_move();
+                    here = to;
+                    let server = self.clone();
+                    let next = async move {
+                        match detached.attach() {
+                            Ok(session) => server.segment(session, to).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot register a moved session");
+                                Segment::Ended(None)
+                            }
+                        }
+                    }
+                    .instrument(tracing::Span::current());
+                    segment = if to == home {
+                        next.await
+                    } else {
+                        // Stopping the threads at shutdown ends the session there.
+                        self.threads
+                            .handle(to)
+                            .spawn(next)
+                            .await
+                            .unwrap_or(Segment::Ended(None))
+                    };
+                }
+            }
+        }
+    }
+
+    /// Run the session on thread `here` until it ends or is moved away.
+    async fn segment(self: Arc<Self>, session: Box<Session>, here: usize) -> Segment {
+        let lane = self.threads.lane(here);
+        // Any session that can move listens for requests (from the balancer, or tests).
+        let movable = self.threads.len() > 1 && session.movable();
+        lane.enter();
+        let outcome = crate::session::run(&self, session, movable.then_some(lane)).await;
+        lane.leave();
+        match outcome {
+            Outcome::Ended(kept) => Segment::Ended(kept),
+            Outcome::Move(session, to) => match session.detach() {
+                Ok(detached) => Segment::Moved(Box::new(detached), to),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot move a session");
+                    Segment::Ended(None)
+                }
+            },
+        }
+    }
+
+    /// Ask up to `n` sessions on session thread `from` to move to thread `to` (what the
+    /// balancer does; public for tests).
+    pub fn move_sessions(&self, from: usize, to: usize, n: usize) {
+        self.threads.request_moves(from, to, n);
+    }
+
+    /// Sessions moved between session threads so far.
+    pub fn sessions_moved(&self) -> usize {
+        self.threads.moved()
     }
 }
 
@@ -346,9 +433,25 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     if server.pool.enabled() {
         tokio::spawn(sweep_pool(server.clone()));
     }
+    let target = server.config.server.thread_busy_target;
+    if target > 0.0 && server.threads.len() > 1 {
+        tokio::spawn(balance_threads(server.clone(), target));
+    }
     let task = tokio::spawn(server.clone().run(listener));
     tracing::info!(%addr, "pgveil listening");
     Ok(Running { addr, server, task })
+}
+
+/// Balance the session threads until shutdown.
+async fn balance_threads(server: Arc<Server>, target: f64) {
+    let mut every = tokio::time::interval(BALANCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => break,
+            _ = every.tick() => server.threads.rebalance(target),
+        }
+    }
 }
 
 /// Close pooled upstream sessions as they expire, and all of them at shutdown.

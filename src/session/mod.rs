@@ -22,6 +22,7 @@ mod frame;
 mod refusal;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +30,13 @@ use bytes::{Buf, BufMut, BytesMut};
 use pgwire::messages::extendedquery::Parse;
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::Message;
+use pgwire::tokio::server::MaybeTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::either::Either;
 
 use crate::error::ClientError;
 use crate::front::startup::Started;
-use crate::server::Server;
+use crate::server::{Lane, Server};
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
 use crate::upstream::UpstreamConn;
 use bound::{Statements, Units, NAME_PREFIX};
@@ -49,58 +52,231 @@ enum UpstreamEnd {
     Closed,
     /// pgveil's reset finished; true if the session is clean and may be reused.
     Reset(bool),
+    /// The session is to move to this session thread.
+    Move(usize),
 }
 
-/// Run the session until either side closes. Returns the upstream session if it was reset
-/// for reuse.
-pub async fn run(server: &Arc<Server>, started: Started, addr: SocketAddr) -> Option<UpstreamConn> {
-    let Started {
-        io,
-        read_buf,
-        user,
-        upstream,
-        ..
-    } = started;
-    let (client_rd, mut client_wr) = tokio::io::split(io);
-    let (mut up_rd, mut up_wr) = tokio::io::split(upstream.stream);
-    let refusals = Arc::new(Refusals::new());
-    let units = Arc::new(Units::started());
-    let ctx = EnforceCtx::new(server.clone(), user, Some(addr.ip()));
-    let ended = {
-        let shared = Shared {
-            refusals: refusals.clone(),
-            units: units.clone(),
+/// A session's sockets and everything its two pumps keep between messages, so that the
+/// session can stop between messages and go on elsewhere (another session thread).
+pub struct Session {
+    io: MaybeTls,
+    upstream: UpstreamConn,
+    client: ClientPump,
+    up: UpPump,
+    shared: Shared,
+}
+
+/// How `run` ended.
+pub enum Outcome {
+    /// The session is over; the upstream session if it was reset for reuse.
+    Ended(Option<Box<UpstreamConn>>),
+    /// Asked to move to session thread `to` while both pumps were waiting for input.
+    Move(Box<Session>, usize),
+}
+
+/// A session off any runtime: plain sockets that the next thread registers with its own.
+pub struct Detached {
+    client: std::net::TcpStream,
+    upstream: std::net::TcpStream,
+    meta: UpstreamMeta,
+    pumps: (ClientPump, UpPump, Shared),
+}
+
+/// What an upstream session is besides its socket.
+struct UpstreamMeta {
+    params: Vec<(String, String)>,
+    pid: i32,
+    secret: i32,
+    born: std::time::Instant,
+}
+
+impl Session {
+    pub fn new(server: &Arc<Server>, started: Started, addr: SocketAddr) -> Box<Session> {
+        let Started {
+            io,
+            read_buf,
+            user,
+            mut upstream,
+            ..
+        } = started;
+        let leftover = std::mem::take(&mut upstream.leftover);
+        Box::new(Session {
+            io,
+            upstream,
+            client: ClientPump {
+                buf: read_buf,
+                out: BytesMut::with_capacity(8192),
+                state: ClientState {
+                    prepared: Prepared::default(),
+                    statements: Statements::new(server.config.server.prepare_simple_statements),
+                },
+                ctx: EnforceCtx::new(server.clone(), user, Some(addr.ip())),
+            },
+            up: UpPump {
+                buf: leftover,
+                out: BytesMut::with_capacity(64 * 1024),
+                passthrough: 0,
+                reset: ResetCheck::new(),
+            },
+            shared: Shared {
+                refusals: Arc::new(Refusals::new()),
+                units: Arc::new(Units::started()),
+            },
+        })
+    }
+
+    /// Can it move between threads? Only with plain TCP on both sides (a TLS stream cannot be
+    /// taken apart and rebuilt), and not while pgveil resets it for reuse.
+    pub fn movable(&self) -> bool {
+        matches!(self.io, MaybeTls::Plain(_))
+            && matches!(self.upstream.stream, Either::Left(_))
+            && !self.shared.units.resetting()
+    }
+
+    /// Take the sockets off this thread's reactor. Fails (and the session ends) if one of
+    /// them is not plain TCP, which `movable` rules out.
+    pub fn detach(self: Box<Session>) -> std::io::Result<Detached> {
+        let Session {
+            io,
+            upstream,
+            client,
+            up,
+            shared,
+        } = *self;
+        let not_plain = || std::io::Error::other("only plain TCP sessions move");
+        let MaybeTls::Plain(client_tcp) = io else {
+            return Err(not_plain());
         };
-        let to_upstream = client_to_upstream(server, client_rd, read_buf, &mut up_wr, ctx, shared);
-        let shared = Shared { refusals, units };
-        let to_client = upstream_to_client(&mut up_rd, upstream.leftover, &mut client_wr, shared);
-        tokio::select! {
-            r = to_upstream => r.map(|()| UpstreamEnd::Closed).map_err(|e| ("client", e)),
-            r = to_client => r.map_err(|e| ("upstream", e)),
-        }
-    };
-    match ended {
-        Ok(UpstreamEnd::Reset(true)) => {
-            return Some(UpstreamConn {
-                stream: up_rd.unsplit(up_wr),
+        let Either::Left(upstream_tcp) = upstream.stream else {
+            return Err(not_plain());
+        };
+        Ok(Detached {
+            client: client_tcp.into_std()?,
+            upstream: upstream_tcp.into_std()?,
+            meta: UpstreamMeta {
                 params: upstream.params,
                 pid: upstream.pid,
                 secret: upstream.secret,
-                leftover: BytesMut::new(),
                 born: upstream.born,
-            });
-        }
-        Ok(_) => {}
-        Err((_, SessionError::Frame(e))) => {
+            },
+            pumps: (client, up, shared),
+        })
+    }
+}
+
+impl Detached {
+    /// Register the sockets with the current thread's reactor.
+    pub fn attach(self) -> std::io::Result<Box<Session>> {
+        let Detached {
+            client,
+            upstream,
+            meta,
+            pumps: (client_pump, up, shared),
+        } = self;
+        Ok(Box::new(Session {
+            io: MaybeTls::Plain(tokio::net::TcpStream::from_std(client)?),
+            upstream: UpstreamConn {
+                stream: Either::Left(tokio::net::TcpStream::from_std(upstream)?),
+                params: meta.params,
+                pid: meta.pid,
+                secret: meta.secret,
+                leftover: BytesMut::new(),
+                born: meta.born,
+            },
+            client: client_pump,
+            up,
+            shared,
+        }))
+    }
+}
+
+/// Run the session until either side closes, or until it is asked to move to another
+/// session thread (`lane`) while both pumps wait for input.
+pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&Lane>) -> Outcome {
+    let waiting = Waiting::default();
+    let ended = {
+        let Session {
+            io,
+            upstream,
+            client,
+            up,
+            shared,
+        } = &mut *session;
+        let shared = &*shared;
+        let (client_rd, mut client_wr) = tokio::io::split(io);
+        let (mut up_rd, mut up_wr) = tokio::io::split(&mut upstream.stream);
+        let to_upstream = client_to_upstream(
+            server,
+            client_rd,
+            client,
+            &mut up_wr,
+            shared,
+            &waiting.client,
+        );
+        let to_client =
+            upstream_to_client(&mut up_rd, up, &mut client_wr, shared, &waiting.upstream);
+        let moved = async {
+            match lane {
+                Some(lane) => {
+                    lane.wait_for_move(|| waiting.both() && !shared.units.resetting())
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            r = to_upstream => r.map(|()| UpstreamEnd::Closed).map_err(|e| ("client", e)),
+            r = to_client => r.map_err(|e| ("upstream", e)),
+            to = moved => Ok(UpstreamEnd::Move(to)),
+        };
+        if let Err((_, SessionError::Frame(e))) = &ended {
             // A malformed or oversized message: say why, then end only this session.
             tracing::warn!(error = %e, "closing session: bad frontend message");
             let fatal = ClientError::Protocol(format!("invalid frontend message: {e}"));
             let _ = client_wr.write_all(&fatal.encode()).await;
             let _ = client_wr.flush().await;
         }
-        Err((side, e)) => tracing::debug!(error = %e, "{side} side ended"),
+        ended
+    };
+    match ended {
+        Ok(UpstreamEnd::Move(to)) => Outcome::Move(session, to),
+        Ok(UpstreamEnd::Reset(true)) => {
+            let mut conn = Box::new(session.upstream);
+            conn.leftover = BytesMut::new();
+            Outcome::Ended(Some(conn))
+        }
+        Ok(_) | Err((_, SessionError::Frame(_))) => Outcome::Ended(None),
+        Err((side, e)) => {
+            tracing::debug!(error = %e, "{side} side ended");
+            Outcome::Ended(None)
+        }
     }
-    None
+}
+
+/// Which pumps are waiting for input with nothing left to write (the only point at which a
+/// session may stop and move: nothing is half-read or half-written).
+#[derive(Default)]
+struct Waiting {
+    client: AtomicBool,
+    upstream: AtomicBool,
+}
+
+impl Waiting {
+    fn both(&self) -> bool {
+        self.client.load(Ordering::Relaxed) && self.upstream.load(Ordering::Relaxed)
+    }
+}
+
+/// Await a read with `flag` set for its duration.
+async fn read_waiting<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    flag: &AtomicBool,
+) -> std::io::Result<usize> {
+    flag.store(true, Ordering::Relaxed);
+    let n = rd.read_buf(buf).await;
+    flag.store(false, Ordering::Relaxed);
+    n
 }
 
 /// What the two pumps share: pending refusals and the count of unanswered units.
@@ -126,45 +302,57 @@ pub enum SessionError {
     Frame(#[from] frame::FrameError),
 }
 
+/// The client pump's state between messages.
+struct ClientPump {
+    /// Bytes read from the client, not yet framed.
+    buf: BytesMut,
+    /// What goes upstream next.
+    out: BytesMut,
+    state: ClientState,
+    ctx: EnforceCtx,
+}
+
 async fn client_to_upstream<R, W>(
     server: &Arc<Server>,
     mut rd: R,
-    mut buf: BytesMut,
+    pump: &mut ClientPump,
     mut up: W,
-    ctx: EnforceCtx,
-    shared: Shared,
+    shared: &Shared,
+    waiting: &AtomicBool,
 ) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let max = server.config.server.max_message_bytes;
-    let mut out = BytesMut::with_capacity(8192);
-    let mut state = ClientState {
-        prepared: Prepared::default(),
-        statements: Statements::new(server.config.server.prepare_simple_statements),
-    };
+    let ClientPump {
+        buf,
+        out,
+        state,
+        ctx,
+    } = pump;
     loop {
         loop {
-            let frame = match next_frame(&mut buf, max) {
+            let frame = match next_frame(buf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     // Oversized or malformed: forward what came before, then end the session.
-                    up.write_all(&out).await?;
+                    up.write_all(out).await?;
                     return Err(e.into());
                 }
             };
             if frame.tag == b'X' {
-                return terminate(server, frame, &shared, &state, out, &mut up).await;
+                let out = std::mem::take(out);
+                return terminate(server, frame, shared, state, out, &mut up).await;
             }
-            handle_frame(frame, &ctx, &shared, &mut state, &mut out)?;
+            handle_frame(frame, ctx, shared, state, out)?;
         }
         if !out.is_empty() {
-            up.write_all(&out).await?;
+            up.write_all(out).await?;
             out.clear();
         }
-        if rd.read_buf(&mut buf).await? == 0 {
+        if read_waiting(&mut rd, buf, waiting).await? == 0 {
             return Ok(());
         }
     }
@@ -499,29 +687,44 @@ fn encode<M: Message>(m: &M, out: &mut BytesMut) -> Result<(), SessionError> {
         .map_err(|e| SessionError::Protocol(e.to_string()))
 }
 
+/// The upstream pump's state between messages.
+struct UpPump {
+    /// Bytes read from PostgreSQL, not yet relayed.
+    buf: BytesMut,
+    /// What goes to the client next.
+    out: BytesMut,
+    /// Bytes of the current message still to relay as they come.
+    passthrough: usize,
+    reset: ResetCheck,
+}
+
 async fn upstream_to_client<R, W>(
     mut up: R,
-    mut buf: BytesMut,
+    pump: &mut UpPump,
     mut client: W,
-    shared: Shared,
+    shared: &Shared,
+    waiting: &AtomicBool,
 ) -> Result<UpstreamEnd, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut passthrough: usize = 0;
-    let mut reset = ResetCheck::new();
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let UpPump {
+        buf,
+        out,
+        passthrough,
+        reset,
+    } = pump;
     loop {
         loop {
-            if passthrough > 0 {
-                let n = passthrough.min(buf.len());
+            if *passthrough > 0 {
+                let n = (*passthrough).min(buf.len());
                 if n == 0 {
                     break;
                 }
                 out.extend_from_slice(&buf[..n]);
                 buf.advance(n);
-                passthrough -= n;
+                *passthrough -= n;
                 continue;
             }
             if buf.len() < 5 {
@@ -569,7 +772,7 @@ where
                 }
             }
             if tag != b'E' {
-                passthrough = len + 1;
+                *passthrough = len + 1;
                 continue;
             }
             if buf.len() < len + 1 {
@@ -583,18 +786,18 @@ where
             }
         }
         if !out.is_empty() {
-            client.write_all(&out).await?;
+            client.write_all(out).await?;
             out.clear();
             if out.capacity() > 1 << 20 {
-                out = BytesMut::with_capacity(64 * 1024);
+                *out = BytesMut::with_capacity(64 * 1024);
             }
         }
         if buf.is_empty() && buf.capacity() > 1 << 20 {
             // release the memory of a large error message once it has been relayed
-            buf = BytesMut::with_capacity(64 * 1024);
+            *buf = BytesMut::with_capacity(64 * 1024);
         }
         buf.reserve(8192);
-        if up.read_buf(&mut buf).await? == 0 {
+        if read_waiting(&mut up, buf, waiting).await? == 0 {
             client.flush().await?;
             return Ok(UpstreamEnd::Closed);
         }
