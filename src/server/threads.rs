@@ -22,8 +22,9 @@ use tokio::runtime::{Builder, Handle};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Consecutive balancing steps that must agree before the number of threads in use changes.
-const STEPS_TO_AGREE: u32 = 2;
+/// Consecutive balancing steps that must agree before fewer threads are used (more threads
+/// are taken at once: a busy thread delays every message on it).
+const STEPS_TO_PACK: u32 = 3;
 
 /// The session threads of one server; they stop when this is dropped or `stop` is called.
 pub struct SessionThreads {
@@ -189,7 +190,8 @@ impl SessionThreads {
             (w, n) if w == want => (w, n.saturating_add(1)),
             _ => (want, 1),
         };
-        if balance.wanted.1 < STEPS_TO_AGREE {
+        let active = self.active.load(Ordering::Relaxed);
+        if want < active && balance.wanted.1 < STEPS_TO_PACK {
             return;
         }
         drop(balance);
