@@ -372,6 +372,11 @@ impl Server {
     pub fn sessions_moved(&self) -> usize {
         self.threads.moved()
     }
+
+    /// Sessions running on each session thread now.
+    pub fn sessions_per_thread(&self) -> Vec<usize> {
+        self.threads.sessions()
+    }
 }
 
 fn load_tls(

@@ -401,10 +401,43 @@ async fn tls_with_channel_binding_and_require_tls() {
             cert: c2,
             key: k2,
             require_tls: true,
-        })
+        });
+        c.server.session_threads = 2;
     })
     .await;
     let base = format!("host=127.0.0.1 port={} user=rita dbname=crm", env.port());
+    // a TLS session is never moved between session threads, however often that is asked
+    let server = env.running.server.clone();
+    let mut psql = tokio::process::Command::new(env.pg.bin_dir().join("psql"));
+    psql.arg(format!("{base} sslmode=require"))
+        .args([
+            "-X",
+            "-At",
+            "-c",
+            "SELECT pg_sleep(0.5)",
+            "-c",
+            "SELECT count(*) FROM products",
+        ])
+        .env("PGPASSWORD", pgveil::demo::password("rita"));
+    let running = psql.output();
+    let asking = async {
+        loop {
+            server.move_sessions(0, 1, 100);
+            server.move_sessions(1, 0, 100);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let out = tokio::select! {
+        out = running => out.unwrap(),
+        () = asking => unreachable!(),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    assert_eq!(server.sessions_moved(), 0);
     let mut cmd = std::process::Command::new(env.pg.bin_dir().join("psql"));
     cmd.arg(format!("{base} sslmode=require channel_binding=require"))
         .args(["-X", "-At", "-c", "SELECT count(*) FROM products"])
@@ -1049,4 +1082,44 @@ async fn sessions_move_between_threads_without_losing_a_byte() {
         ["still here"]
     );
     forward.abort();
+}
+
+/// With balancing on, sessions that put little load on pgveil end up on one session thread
+/// (a thread per message wake-up costs more than it saves), and still work there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_load_is_packed_onto_one_thread() {
+    let env = Env::start_with(|c| {
+        c.server.session_threads = 2;
+        c.server.thread_busy_target = 0.45;
+    })
+    .await;
+    let server = env.running.server.clone();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(env.connect("admin").await);
+    }
+    // dealt round-robin at first (or onto one thread already, if the balancer ran first)
+    let mut packed = false;
+    for _ in 0..200 {
+        let per_thread = server.sessions_per_thread();
+        if per_thread.iter().filter(|&&n| n > 0).count() == 1
+            && per_thread.iter().sum::<usize>() == 4
+        {
+            packed = true;
+            break;
+        }
+        for c in &clients {
+            common::first_column(c, "SELECT 'x'").await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        packed,
+        "sessions per thread: {:?}",
+        server.sessions_per_thread()
+    );
+    for (i, c) in clients.iter().enumerate() {
+        let v = common::first_column(c, &format!("SELECT {i}::text")).await;
+        assert_eq!(v, [i.to_string()]);
+    }
 }

@@ -138,6 +138,11 @@ impl SessionThreads {
         &self.lanes[i % self.lanes.len()]
     }
 
+    /// Sessions on each thread now.
+    pub fn sessions(&self) -> Vec<usize> {
+        self.lanes.iter().map(Lane::sessions).collect()
+    }
+
     /// Sessions moved between threads so far.
     pub fn moved(&self) -> usize {
         self.moved.load(Ordering::Relaxed)
