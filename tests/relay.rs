@@ -1123,3 +1123,34 @@ async fn light_load_is_packed_onto_one_thread() {
         assert_eq!(v, [i.to_string()]);
     }
 }
+
+/// A PostgreSQL session kept by one session thread serves a client that starts on another
+/// (sessions end wherever the balancer moved them), and is reset there as anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sessions_serve_clients_on_other_threads() {
+    let env = Env::start_with(|c| {
+        c.upstream.pool_size = 4;
+        c.server.session_threads = 2;
+        c.server.thread_busy_target = 0.0; // sessions are dealt 0, 1, 0, ... and stay
+    })
+    .await;
+    let server = env.running.server.clone();
+    let a = env.connect("admin").await; // thread 0
+    a.batch_execute("CREATE TEMP TABLE leak_probe(x int)")
+        .await
+        .unwrap();
+    let pid_a = backend_pid(&a).await;
+    assert_eq!(server.sessions_per_thread(), [1, 0]);
+    drop(a);
+    sessions_ended(&env).await;
+    assert_eq!(server.pool.idle(), 1);
+    let b = env.connect("admin").await; // thread 1
+    assert_eq!(
+        backend_pid(&b).await,
+        pid_a,
+        "thread 1 reused thread 0's kept session"
+    );
+    assert_eq!(server.sessions_per_thread(), [0, 1]);
+    assert_fresh_state(&b).await;
+    assert_eq!(common::first_column(&b, "SELECT 'works'").await, ["works"]);
+}

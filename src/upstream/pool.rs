@@ -15,12 +15,16 @@
 //! - a kept session is checked before reuse: any byte or end-of-file waiting on it means it is
 //!   not what pgveil left, and it is closed.
 //!
-//! Each session thread has its own pool, because a socket belongs to its thread's reactor.
+//! Each session thread has its own pool, because a socket belongs to its thread's reactor. A
+//! thread whose own pool has nothing for a client takes a plain-TCP session kept by another
+//! thread and registers its socket with its own reactor (sessions move between threads as the
+//! load changes, so a session may end on a thread that new clients no longer start on).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
+use tokio_util::either::Either;
 
 use super::{UpStream, UpstreamConn};
 use crate::config::UpstreamConfig;
@@ -60,17 +64,15 @@ impl Pool {
 
     /// A kept session for `key` on thread `shard`, checked and ready, if there is one.
     pub fn take(&self, shard: usize, key: &PoolKey) -> Option<UpstreamConn> {
-        let (found, expired) = {
-            let mut idle = self.shards.get(shard)?.lock().ok()?;
-            let expired = self.expire(&mut idle);
-            let found = idle
-                .iter()
-                .rposition(|i| &i.key == key)
-                .map(|pos| idle.swap_remove(pos).conn);
-            (found, expired)
+        let conn = match self.take_from(shard, key, false) {
+            Some(conn) => conn,
+            // (moving a socket needs the current thread's runtime)
+            None if tokio::runtime::Handle::try_current().is_err() => return None,
+            None => (0..self.shards.len())
+                .filter(|&s| s != shard)
+                .find_map(|s| self.take_from(s, key, true))
+                .and_then(rehome)?,
         };
-        expired.into_iter().for_each(close);
-        let conn = found?;
         if still_idle(&conn.stream) {
             Some(conn)
         } else {
@@ -78,6 +80,24 @@ impl Pool {
             close(conn);
             None
         }
+    }
+
+    /// The most recently kept session for `key` in `shard` (plain TCP only if `plain`);
+    /// expired ones there are closed on the way.
+    fn take_from(&self, shard: usize, key: &PoolKey, plain: bool) -> Option<UpstreamConn> {
+        let (found, expired) = {
+            let mut idle = self.shards.get(shard)?.lock().ok()?;
+            let expired = self.expire(&mut idle);
+            let found = idle
+                .iter()
+                .rposition(|i| {
+                    &i.key == key && (!plain || matches!(i.conn.stream, Either::Left(_)))
+                })
+                .map(|pos| idle.swap_remove(pos).conn);
+            (found, expired)
+        };
+        expired.into_iter().for_each(close);
+        found
     }
 
     /// Keep a reset session for later (closed instead when it is too old); when the pool is
@@ -157,14 +177,42 @@ impl Pool {
 /// Nothing may be waiting on an idle session: data or end-of-file means it is unusable.
 fn still_idle(stream: &UpStream) -> bool {
     let tcp = match stream {
-        tokio_util::either::Either::Left(tcp) => tcp,
-        tokio_util::either::Either::Right(tls) => tls.get_ref().0,
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
     };
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(
         socket2::SockRef::from(tcp).peek(&mut byte),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
     )
+}
+
+/// A kept plain-TCP session with its socket moved to the current thread's reactor.
+fn rehome(conn: UpstreamConn) -> Option<UpstreamConn> {
+    let UpstreamConn {
+        stream,
+        params,
+        pid,
+        secret,
+        leftover,
+        born,
+    } = conn;
+    let Either::Left(tcp) = stream else {
+        return None;
+    };
+    let moved = tcp
+        .into_std()
+        .and_then(tokio::net::TcpStream::from_std)
+        .map_err(|e| tracing::debug!(error = %e, "pooled upstream session not moved; dropped"))
+        .ok()?;
+    Some(UpstreamConn {
+        stream: Either::Left(moved),
+        params,
+        pid,
+        secret,
+        leftover,
+        born,
+    })
 }
 
 /// End a session politely (Terminate) in the background; dropped as is outside a runtime.
