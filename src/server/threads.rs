@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::runtime::{Builder, Handle};
@@ -29,7 +29,7 @@ const STEPS_TO_PACK: u32 = 3;
 /// The session threads of one server; they stop when this is dropped or `stop` is called.
 pub struct SessionThreads {
     handles: Vec<Handle>,
-    lanes: Vec<Lane>,
+    lanes: Arc<[Lane]>,
     next: AtomicUsize,
     /// Threads in use for new sessions: 0..active.
     active: AtomicUsize,
@@ -66,21 +66,21 @@ impl SessionThreads {
             n => n,
         };
         let stop = CancellationToken::new();
-        let lanes: Vec<Lane> = (0..count).map(|_| Lane::new()).collect();
+        let lanes: Arc<[Lane]> = (0..count).map(|_| Lane::new()).collect();
         let mut handles = Vec::with_capacity(count);
-        let paths = std::sync::Arc::new(Mutex::new(vec![None; count]));
         for i in 0..count {
             let rt = Builder::new_current_thread().enable_all().build()?;
             handles.push(rt.handle().clone());
             let stop = stop.clone();
-            let paths = paths.clone();
+            let lanes = lanes.clone();
             std::thread::Builder::new()
                 .name(format!("pgveil-session-{i}"))
                 .spawn(move || {
-                    if let Ok(mut p) = paths.lock() {
-                        p[i] = schedstat_path();
+                    // where the balancer reads this thread's CPU time (until set: no balancing)
+                    if let Some(path) = schedstat_path() {
+                        let _ = lanes[i].schedstat.set(path);
                     }
-                    drop(paths);
+                    drop(lanes);
                     // Dropping the runtime here ends whatever sessions are still open.
                     rt.block_on(stop.cancelled());
                 })?;
@@ -97,21 +97,6 @@ impl SessionThreads {
             }),
             moved: AtomicUsize::new(0),
         };
-        // The threads record where their CPU time is; the balancer reads it from there.
-        for _ in 0..100 {
-            let ready = paths.lock().map_or(true, |p| p.iter().all(Option::is_some));
-            if ready {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        if let Ok(p) = paths.lock() {
-            for (lane, path) in threads.lanes.iter().zip(p.iter()) {
-                if let Some(path) = path {
-                    let _ = lane.schedstat.set(path.clone());
-                }
-            }
-        }
         Ok(threads)
     }
 
