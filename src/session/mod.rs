@@ -38,7 +38,7 @@ use crate::error::ClientError;
 use crate::front::startup::Started;
 use crate::server::{Lane, Server};
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
-use crate::upstream::UpstreamConn;
+use crate::upstream::{DetachedConn, UpstreamConn};
 use bound::{Statements, Units, NAME_PREFIX};
 use frame::{next_frame, Frame};
 pub use refusal::Refusals;
@@ -77,17 +77,8 @@ pub enum Outcome {
 /// A session off any runtime: plain sockets that the next thread registers with its own.
 pub struct Detached {
     client: std::net::TcpStream,
-    upstream: std::net::TcpStream,
-    meta: UpstreamMeta,
+    upstream: DetachedConn,
     pumps: (ClientPump, UpPump, Shared),
-}
-
-/// What an upstream session is besides its socket.
-struct UpstreamMeta {
-    params: Vec<(String, String)>,
-    pid: i32,
-    secret: i32,
-    born: std::time::Instant,
 }
 
 impl Session {
@@ -143,22 +134,12 @@ impl Session {
             up,
             shared,
         } = *self;
-        let not_plain = || std::io::Error::other("only plain TCP sessions move");
         let MaybeTls::Plain(client_tcp) = io else {
-            return Err(not_plain());
-        };
-        let Either::Left(upstream_tcp) = upstream.stream else {
-            return Err(not_plain());
+            return Err(std::io::Error::other("only plain TCP sessions move"));
         };
         Ok(Detached {
             client: client_tcp.into_std()?,
-            upstream: upstream_tcp.into_std()?,
-            meta: UpstreamMeta {
-                params: upstream.params,
-                pid: upstream.pid,
-                secret: upstream.secret,
-                born: upstream.born,
-            },
+            upstream: upstream.detach()?,
             pumps: (client, up, shared),
         })
     }
@@ -168,22 +149,14 @@ impl Detached {
     /// Register the sockets with the current thread's reactor.
     pub fn attach(self) -> std::io::Result<Box<Session>> {
         let Detached {
-            client,
+            client: client_tcp,
             upstream,
-            meta,
-            pumps: (client_pump, up, shared),
+            pumps: (client, up, shared),
         } = self;
         Ok(Box::new(Session {
-            io: MaybeTls::Plain(tokio::net::TcpStream::from_std(client)?),
-            upstream: UpstreamConn {
-                stream: Either::Left(tokio::net::TcpStream::from_std(upstream)?),
-                params: meta.params,
-                pid: meta.pid,
-                secret: meta.secret,
-                leftover: BytesMut::new(),
-                born: meta.born,
-            },
-            client: client_pump,
+            io: MaybeTls::Plain(tokio::net::TcpStream::from_std(client_tcp)?),
+            upstream: upstream.attach()?,
+            client,
             up,
             shared,
         }))
@@ -241,9 +214,8 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
     match ended {
         Ok(UpstreamEnd::Move(to)) => Outcome::Move(session, to),
         Ok(UpstreamEnd::Reset(true)) => {
-            let mut conn = Box::new(session.upstream);
-            conn.leftover = BytesMut::new();
-            Outcome::Ended(Some(conn))
+            // (its leftover bytes went to the upstream pump in `Session::new`)
+            Outcome::Ended(Some(Box::new(session.upstream)))
         }
         Ok(_) | Err((_, SessionError::Frame(_))) => Outcome::Ended(None),
         Err((side, e)) => {

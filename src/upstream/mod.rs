@@ -58,6 +58,48 @@ pub struct UpstreamConn {
     pub born: Instant,
 }
 
+/// An upstream session off any runtime (plain TCP only), for another session thread to
+/// register with its own reactor.
+pub struct DetachedConn {
+    tcp: std::net::TcpStream,
+    params: Vec<(String, String)>,
+    pid: i32,
+    secret: i32,
+    leftover: BytesMut,
+    born: Instant,
+}
+
+impl UpstreamConn {
+    /// Take the socket off this thread's reactor; only a plain TCP session can move.
+    pub fn detach(self) -> std::io::Result<DetachedConn> {
+        let Either::Left(tcp) = self.stream else {
+            return Err(std::io::Error::other("only plain TCP sessions move"));
+        };
+        Ok(DetachedConn {
+            tcp: tcp.into_std()?,
+            params: self.params,
+            pid: self.pid,
+            secret: self.secret,
+            leftover: self.leftover,
+            born: self.born,
+        })
+    }
+}
+
+impl DetachedConn {
+    /// Register the socket with the current thread's reactor.
+    pub fn attach(self) -> std::io::Result<UpstreamConn> {
+        Ok(UpstreamConn {
+            stream: Either::Left(TcpStream::from_std(self.tcp)?),
+            params: self.params,
+            pid: self.pid,
+            secret: self.secret,
+            leftover: self.leftover,
+            born: self.born,
+        })
+    }
+}
+
 /// How to reach PostgreSQL; built once from the config.
 #[derive(Clone)]
 pub struct UpstreamTarget {

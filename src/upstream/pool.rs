@@ -189,30 +189,10 @@ fn still_idle(stream: &UpStream) -> bool {
 
 /// A kept plain-TCP session with its socket moved to the current thread's reactor.
 fn rehome(conn: UpstreamConn) -> Option<UpstreamConn> {
-    let UpstreamConn {
-        stream,
-        params,
-        pid,
-        secret,
-        leftover,
-        born,
-    } = conn;
-    let Either::Left(tcp) = stream else {
-        return None;
-    };
-    let moved = tcp
-        .into_std()
-        .and_then(tokio::net::TcpStream::from_std)
+    conn.detach()
+        .and_then(super::DetachedConn::attach)
         .map_err(|e| tracing::debug!(error = %e, "pooled upstream session not moved; dropped"))
-        .ok()?;
-    Some(UpstreamConn {
-        stream: Either::Left(moved),
-        params,
-        pid,
-        secret,
-        leftover,
-        born,
-    })
+        .ok()
 }
 
 /// End a session politely (Terminate) in the background; dropped as is outside a runtime.
