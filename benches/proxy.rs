@@ -7,10 +7,11 @@
 //! Every target runs once per round, in a rotated order, and the median of the rounds is
 //! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
 //!
-//! pgbench and PgBouncer each run in their own session (`setsid`), as PostgreSQL's backends do
-//! and as a client and a proxy service do when deployed: with the kernel's autogroup
-//! scheduling every session gets its own share of CPU, so a proxy that shared a session with
-//! pgbench (pgveil runs inside this process) would be measured with a handicap.
+//! pgveil runs as its own process (`pgveil serve`, the binary users deploy), as PgBouncer does.
+//! pgbench, pgveil and PgBouncer each run in their own session (`setsid`), as PostgreSQL's
+//! backends do and as a client and a proxy service do when deployed: with the kernel's
+//! autogroup scheduling every session gets its own share of CPU, so a proxy that shared a
+//! session with pgbench would be measured with a handicap.
 //!
 //! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default;
 //! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
@@ -177,6 +178,54 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
     Some((dir, port, child))
 }
 
+/// `pgveil serve` as its own process and session, configured as `cfg` (its upstream password
+/// passed in the environment, as a deployment would); returns once it accepts connections.
+fn start_pgveil(
+    cfg: &pgveil::config::Config,
+) -> anyhow::Result<(tempfile::TempDir, u16, std::process::Child)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let file = dir.path().join("pgveil.toml");
+    let s = &cfg.server;
+    let u = &cfg.upstream;
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nsession_threads = {}\nprepare_simple_statements = {}\n\
+             [upstream]\nhost = \"{}\"\nport = {}\ndatabase = \"{}\"\nuser = \"{}\"\n\
+             password_env = \"PGVEIL_UPSTREAM_PASSWORD\"\npool_size = {}\n[log]\nlevel = \"warn\"\n",
+            s.session_threads, s.prepare_simple_statements, u.host, u.port, u.database, u.user, u.pool_size,
+        ),
+    )?;
+    let child = own_session(Path::new(env!("CARGO_BIN_EXE_pgveil")))
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .env("PGVEIL_UPSTREAM_PASSWORD", u.password.as_deref().unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((dir, port, child));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    anyhow::bail!("pgveil serve did not listen on port {port} within 30 s")
+}
+
+/// The process that `setsid` became or started: `setsid` execs in place unless it had to fork
+/// (then its one child is the program).
+fn session_leader_exec(pid: u32) -> u32 {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "setsid" {
+        return pid;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
 /// `program` in a session of its own (its own autogroup), when `setsid` is installed.
 fn own_session(program: &Path) -> Command {
     match which("setsid") {
@@ -259,7 +308,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     pg.psql("crm", BENCH_RLS)?;
-    let running = rt.block_on(pgveil::server::start(cfg))?;
+    let (_pgveil_dir, pgveil_port, mut pgveil) = start_pgveil(&cfg)?;
+    let pgveil_pid = Some(session_leader_exec(pgveil.id()));
     let mut targets = vec![
         Target {
             name: "direct",
@@ -279,17 +329,17 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "pgveil",
-            proxy_pid: Some(std::process::id()), // pgveil runs inside this process
+            proxy_pid: pgveil_pid,
             base: "direct",
-            port: running.addr.port(),
+            port: pgveil_port,
             user: "admin".into(),
             password: pgveil::demo::password("admin"),
         },
         Target {
             name: "pgveil-restricted",
-            proxy_pid: Some(std::process::id()),
+            proxy_pid: pgveil_pid,
             base: "pgveil",
-            port: running.addr.port(),
+            port: pgveil_port,
             user: "bench".into(),
             password: pgveil::demo::password("bench"),
         },
@@ -388,6 +438,8 @@ fn main() -> anyhow::Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    rt.block_on(running.shutdown());
+    // SIGTERM: pgveil stops accepting and ends once its (by now closed) sessions are gone
+    let _ = Command::new("kill").arg(pgveil_pid.unwrap_or(pgveil.id()).to_string()).status();
+    let _ = pgveil.wait();
     Ok(())
 }
