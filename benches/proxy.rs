@@ -5,7 +5,8 @@
 //! when it is installed.
 //!
 //! Every target runs once per round, in a rotated order, and the median of the rounds is
-//! reported (this 2-core machine is noisy; one run per target is not enough to rank them).
+//! reported (this 2-core machine is noisy: one 5-second run of the same target moves by up
+//! to 10% at 1 client; one run per target is not enough to rank them).
 //!
 //! pgveil runs as its own process (`pgveil serve`, the binary users deploy), as PgBouncer does.
 //! pgbench, pgveil and PgBouncer each run in their own session (`setsid`), as PostgreSQL's
@@ -13,7 +14,8 @@
 //! autogroup scheduling every session gets its own share of CPU, so a proxy that shared a
 //! session with pgbench would be measured with a handicap.
 //!
-//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=3 by default;
+//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=5 by default:
+//! with five targets every target runs once in every position;
 //! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
 //! PGVEIL_BENCH_POOL (upstream pool size, default 40; 0 = off): see README)
 
@@ -201,7 +203,10 @@ fn start_pgveil(
         .arg("serve")
         .arg("--config")
         .arg(&file)
-        .env("PGVEIL_UPSTREAM_PASSWORD", u.password.as_deref().unwrap_or_default())
+        .env(
+            "PGVEIL_UPSTREAM_PASSWORD",
+            u.password.as_deref().unwrap_or_default(),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()?;
     for _ in 0..300 {
@@ -257,7 +262,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(()); // cargo bench --list / cargo test --benches
     }
     let seconds: u32 = env_number("PGVEIL_BENCH_SECONDS").unwrap_or(5);
-    let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS").unwrap_or(5).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -309,7 +314,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     pg.psql("crm", BENCH_RLS)?;
     let (_pgveil_dir, pgveil_port, mut pgveil) = start_pgveil(&cfg)?;
-    let pgveil_pid = Some(session_leader_exec(pgveil.id()));
+    let pgveil_pid = session_leader_exec(pgveil.id());
     let mut targets = vec![
         Target {
             name: "direct",
@@ -329,7 +334,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "pgveil",
-            proxy_pid: pgveil_pid,
+            proxy_pid: Some(pgveil_pid),
             base: "direct",
             port: pgveil_port,
             user: "admin".into(),
@@ -337,7 +342,7 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "pgveil-restricted",
-            proxy_pid: pgveil_pid,
+            proxy_pid: Some(pgveil_pid),
             base: "pgveil",
             port: pgveil_port,
             user: "bench".into(),
@@ -385,17 +390,26 @@ fn main() -> anyhow::Result<()> {
         "proxy us/tx"
     );
     // Optional filters, e.g. PGVEIL_BENCH_WORKLOADS=simple,tpcb PGVEIL_BENCH_CLIENTS=16
-    let wanted = |var: &str, item: &str| {
+    // (a workload is named by any part of its name; a client count exactly)
+    let wanted = |var: &str, item: &str, exact: bool| {
         std::env::var(var)
-            .map(|v| v.split(',').any(|w| item.contains(w.trim())))
+            .map(|v| {
+                v.split(',').any(|w| {
+                    if exact {
+                        item == w.trim()
+                    } else {
+                        item.contains(w.trim())
+                    }
+                })
+            })
             .unwrap_or(true)
     };
     for (name, args) in workloads {
-        if !wanted("PGVEIL_BENCH_WORKLOADS", name) {
+        if !wanted("PGVEIL_BENCH_WORKLOADS", name, false) {
             continue;
         }
         for clients in [1u32, 16] {
-            if !wanted("PGVEIL_BENCH_CLIENTS", &clients.to_string()) {
+            if !wanted("PGVEIL_BENCH_CLIENTS", &clients.to_string(), true) {
                 continue;
             }
             let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
@@ -439,7 +453,7 @@ fn main() -> anyhow::Result<()> {
         let _ = child.wait();
     }
     // SIGTERM: pgveil stops accepting and ends once its (by now closed) sessions are gone
-    let _ = Command::new("kill").arg(pgveil_pid.unwrap_or(pgveil.id()).to_string()).status();
+    let _ = Command::new("kill").arg(pgveil_pid.to_string()).status();
     let _ = pgveil.wait();
     Ok(())
 }

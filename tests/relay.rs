@@ -943,6 +943,11 @@ async fn sessions_move_between_threads_without_losing_a_byte() {
     let expected_copy = common::copy_out_bytes(&direct, copy_sql).await;
     let count = "SELECT count(*)::text FROM customers";
     let rita_baseline = common::first_column(&env.connect("rita").await, count).await;
+    let wide = "SELECT id, repeat(md5(id::text), 4000) FROM customers ORDER BY id";
+    let wide_baseline = common::simple_rows(&env.connect("rita").await, wide)
+        .await
+        .unwrap();
+    assert!(wide_baseline.len() >= 2, "rita sees several wide rows");
 
     let admin = env.connect("admin").await;
     let reader = env.connect("admin").await;
@@ -1047,7 +1052,29 @@ async fn sessions_move_between_threads_without_losing_a_byte() {
                 .unwrap();
         }
     };
-    let all = async { tokio::join!(copy_out, slow_copy, copy_in, pipelined, transactions) };
+    // a restricted user's simple queries (run as pgveil's own prepared statements upstream,
+    // whose extra answers pgveil drops) with rows far larger than one read: moves land while
+    // pgveil is in the middle of relaying a row; with its place in the stream lost, pgveil
+    // would show its own answers, or a refusal's stand-in error, to the client, or hang it
+    let wide_rows = async {
+        for _ in 0..15 {
+            let rows = common::simple_rows(&rita, wide).await.unwrap();
+            assert!(rows == wide_baseline, "wide rows arrive intact");
+            assert_eq!(common::first_column(&rita, count).await, rita_baseline);
+            // a refusal's stand-in error is still found in the stream and replaced
+            common::expect_code(&rita, "SELECT * FROM internal_salaries", "42501").await;
+        }
+    };
+    let all = async {
+        tokio::join!(
+            copy_out,
+            slow_copy,
+            copy_in,
+            pipelined,
+            transactions,
+            wide_rows
+        )
+    };
     tokio::time::timeout(std::time::Duration::from_secs(120), all)
         .await
         .expect("the clients finish (a desynchronised stream would hang them)");

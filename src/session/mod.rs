@@ -61,6 +61,11 @@ enum UpstreamEnd {
 pub struct Session {
     io: MaybeTls,
     upstream: UpstreamConn,
+    pumps: Pumps,
+}
+
+/// What the two pumps keep between messages (all of it moves with the session).
+struct Pumps {
     client: ClientPump,
     up: UpPump,
     shared: Shared,
@@ -78,7 +83,7 @@ pub enum Outcome {
 pub struct Detached {
     client: std::net::TcpStream,
     upstream: DetachedConn,
-    pumps: (ClientPump, UpPump, Shared),
+    pumps: Pumps,
 }
 
 impl Session {
@@ -91,9 +96,7 @@ impl Session {
             ..
         } = started;
         let leftover = std::mem::take(&mut upstream.leftover);
-        Box::new(Session {
-            io,
-            upstream,
+        let pumps = Pumps {
             client: ClientPump {
                 buf: read_buf,
                 out: BytesMut::with_capacity(8192),
@@ -113,6 +116,11 @@ impl Session {
                 refusals: Arc::new(Refusals::new()),
                 units: Arc::new(Units::started()),
             },
+        };
+        Box::new(Session {
+            io,
+            upstream,
+            pumps,
         })
     }
 
@@ -121,7 +129,7 @@ impl Session {
     pub fn movable(&self) -> bool {
         matches!(self.io, MaybeTls::Plain(_))
             && matches!(self.upstream.stream, Either::Left(_))
-            && !self.shared.units.resetting()
+            && !self.pumps.shared.units.resetting()
     }
 
     /// Take the sockets off this thread's reactor. Fails (and the session ends) if one of
@@ -130,9 +138,7 @@ impl Session {
         let Session {
             io,
             upstream,
-            client,
-            up,
-            shared,
+            pumps,
         } = *self;
         let MaybeTls::Plain(client_tcp) = io else {
             return Err(std::io::Error::other("only plain TCP sessions move"));
@@ -140,7 +146,7 @@ impl Session {
         Ok(Detached {
             client: client_tcp.into_std()?,
             upstream: upstream.detach()?,
-            pumps: (client, up, shared),
+            pumps,
         })
     }
 }
@@ -148,17 +154,10 @@ impl Session {
 impl Detached {
     /// Register the sockets with the current thread's reactor.
     pub fn attach(self) -> std::io::Result<Box<Session>> {
-        let Detached {
-            client: client_tcp,
-            upstream,
-            pumps: (client, up, shared),
-        } = self;
         Ok(Box::new(Session {
-            io: MaybeTls::Plain(tokio::net::TcpStream::from_std(client_tcp)?),
-            upstream: upstream.attach()?,
-            client,
-            up,
-            shared,
+            io: MaybeTls::Plain(tokio::net::TcpStream::from_std(self.client)?),
+            upstream: self.upstream.attach()?,
+            pumps: self.pumps,
         }))
     }
 }
@@ -171,9 +170,7 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
         let Session {
             io,
             upstream,
-            client,
-            up,
-            shared,
+            pumps: Pumps { client, up, shared },
         } = &mut *session;
         let shared = &*shared;
         let (client_rd, mut client_wr) = tokio::io::split(io);
