@@ -199,7 +199,7 @@ fn start_pgveil(
             s.session_threads, s.prepare_simple_statements, u.host, u.port, u.database, u.user, u.pool_size,
         ),
     )?;
-    let child = own_session(Path::new(env!("CARGO_BIN_EXE_pgveil")))
+    let mut child = own_session(Path::new(env!("CARGO_BIN_EXE_pgveil")))
         .arg("serve")
         .arg("--config")
         .arg(&file)
@@ -215,6 +215,8 @@ fn start_pgveil(
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     anyhow::bail!("pgveil serve did not listen on port {port} within 30 s")
 }
 

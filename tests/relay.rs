@@ -1052,10 +1052,10 @@ async fn sessions_move_between_threads_without_losing_a_byte() {
                 .unwrap();
         }
     };
-    // a restricted user's simple queries (run as pgveil's own prepared statements upstream,
-    // whose extra answers pgveil drops) with rows far larger than one read: moves land while
-    // pgveil is in the middle of relaying a row; with its place in the stream lost, pgveil
-    // would show its own answers, or a refusal's stand-in error, to the client, or hang it
+    // a restricted user's simple queries with rows far larger than one read: moves land while
+    // pgveil is in the middle of relaying a row (several per run); with its place in the
+    // stream lost, pgveil would show a refusal's stand-in error or its own statements' answers
+    // to the client, or hang it
     let wide_rows = async {
         for _ in 0..15 {
             let rows = common::simple_rows(&rita, wide).await.unwrap();
