@@ -108,6 +108,32 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
     })
 }
 
+/// TPS of target `a` over target `b` in each round where both ran (the two ran minutes
+/// apart at most, so drift on the machine cancels out more than between medians), and the
+/// median of those ratios.
+fn paired_ratios(
+    targets: &[Target],
+    runs: &[Vec<Option<Outcome>>],
+    a: &str,
+    b: &str,
+) -> Option<(String, f64)> {
+    let at = |n: &str| targets.iter().position(|t| t.name == n);
+    let (a, b) = (&runs[at(a)?], &runs[at(b)?]);
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| Some(x.as_ref()?.tps / y.as_ref()?.tps))
+        .collect();
+    let each = ratios
+        .iter()
+        .map(|r| format!("{r:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    ratios.sort_by(f64::total_cmp);
+    let mid = *ratios.get(ratios.len() / 2)?;
+    Some((each, mid))
+}
+
 /// The run with the median TPS (its own latency goes with it).
 fn median(mut runs: Vec<Outcome>) -> Option<Outcome> {
     runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
@@ -414,16 +440,19 @@ fn main() -> anyhow::Result<()> {
             if !wanted("PGVEIL_BENCH_CLIENTS", &clients.to_string(), true) {
                 continue;
             }
-            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+            // per target, per round (None: that run failed)
+            let mut runs: Vec<Vec<Option<Outcome>>> = targets.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {
                 for k in 0..targets.len() {
                     let i = (k + round) % targets.len();
-                    if let Some(o) = pgbench(&bin, &targets[i], args, clients, seconds) {
-                        runs[i].push(o);
-                    }
+                    runs[i].push(pgbench(&bin, &targets[i], args, clients, seconds));
                 }
             }
-            let medians: Vec<Option<Outcome>> = runs.into_iter().map(median).collect();
+            let paired = paired_ratios(&targets, &runs, "pgveil", "pgbouncer");
+            let medians: Vec<Option<Outcome>> = runs
+                .into_iter()
+                .map(|r| median(r.into_iter().flatten().collect()))
+                .collect();
             let find = |n: &str| {
                 targets
                     .iter()
@@ -442,6 +471,12 @@ fn main() -> anyhow::Result<()> {
                 println!(
                     "{name:<26} {clients:>3}  {:<18} {:>10.0} {:>10.3} {:>9.3} {:>9.0} {:>8.3} {cpu:>10}",
                     t.name, o.tps, o.latency_ms, ratio, added, vs_base
+                );
+            }
+            if let Some((each, mid)) = paired {
+                println!(
+                    "{:<31} pgveil/pgbouncer TPS round by round: {each} (median {mid:.3})",
+                    ""
                 );
             }
         }
