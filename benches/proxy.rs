@@ -4,9 +4,11 @@
 //! user (pgbench_accounts protected with a row scope), and through PgBouncer (session mode)
 //! when it is installed.
 //!
-//! Every target runs once per round, in a rotated order, and the median of the rounds is
-//! reported (this 2-core machine is noisy: one 5-second run of the same target moves by up
-//! to 10% at 1 client; one run per target is not enough to rank them).
+//! Every target runs once per round, in an order that varies by round (`run_order`: over the
+//! default number of rounds every target runs in every position, and right after every other
+//! target, equally often), and the median of the rounds is reported (this 2-core machine is
+//! noisy: one 5-second run of the same target moves by up to 10% at 1 client; one run per
+//! target is not enough to rank them).
 //!
 //! pgveil runs as its own process (`pgveil serve`, the binary users deploy), as PgBouncer does.
 //! pgbench, pgveil and PgBouncer each run in their own session (`setsid`), as PostgreSQL's
@@ -14,8 +16,8 @@
 //! autogroup scheduling every session gets its own share of CPU, so a proxy that shared a
 //! session with pgbench would be measured with a handicap.
 //!
-//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5, PGVEIL_BENCH_ROUNDS=5 by default:
-//! with five targets every target runs once in every position;
+//! Run: cargo bench --bench proxy   (PGVEIL_BENCH_SECONDS=5 by default, PGVEIL_BENCH_ROUNDS
+//! one whole design: 10 rounds with PgBouncer, 4 without;
 //! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
 //! PGVEIL_BENCH_POOL (upstream pool size, default 40; 0 = off): see README)
 
@@ -106,6 +108,43 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
             .zip(cpu_after)
             .map(|(b, a)| (a - b) * 1e6 / transactions.max(1.0)),
     })
+}
+
+/// The order of `n` targets in `round`: a Williams design. Each run can leave the machine
+/// in a state that helps or hurts the next one (measured: at 1 client, extended protocol,
+/// pgveil ran 7% behind PgBouncer when it always followed `direct-rls` and PgBouncer always
+/// followed `pgveil-restricted`, and 4% ahead with the order reversed). Over
+/// `design_rounds(n)` rounds every target runs in every position equally often and directly
+/// after every other target equally often.
+fn run_order(round: usize, n: usize) -> Vec<usize> {
+    // first row 0, n-1, 1, n-2, 2, …; then shifted by one per round; for odd n, the same
+    // rows reversed follow
+    let (mut lo, mut hi) = (0, n);
+    let first = (0..n).map(|j| {
+        if j % 2 == 0 {
+            lo += 1;
+            lo - 1
+        } else {
+            hi -= 1;
+            hi
+        }
+    });
+    let row = round % design_rounds(n);
+    let order: Vec<usize> = first.map(|t| (t + row) % n).collect();
+    if row >= n {
+        order.into_iter().rev().collect()
+    } else {
+        order
+    }
+}
+
+/// Rounds in one whole Williams design for `n` targets.
+fn design_rounds(n: usize) -> usize {
+    if n % 2 == 0 {
+        n
+    } else {
+        2 * n
+    }
 }
 
 /// TPS of target `a` over target `b` in each round where both ran (the two ran minutes
@@ -290,7 +329,6 @@ fn main() -> anyhow::Result<()> {
         return Ok(()); // cargo bench --list / cargo test --benches
     }
     let seconds: u32 = env_number("PGVEIL_BENCH_SECONDS").unwrap_or(5);
-    let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS").unwrap_or(5).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -393,6 +431,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!("(pgbouncer not installed: skipping that target)");
     }
+    // one whole design by default: every target after every other as often
+    let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS")
+        .unwrap_or_else(|| design_rounds(targets.len()))
+        .max(1);
     let workloads: [(&str, &[&str]); 5] = [
         ("select-only -M simple", &["-S", "-M", "simple"]),
         ("select-only -M extended", &["-S", "-M", "extended"]),
@@ -443,8 +485,7 @@ fn main() -> anyhow::Result<()> {
             // per target, per round (None: that run failed)
             let mut runs: Vec<Vec<Option<Outcome>>> = targets.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {
-                for k in 0..targets.len() {
-                    let i = (k + round) % targets.len();
+                for i in run_order(round, targets.len()) {
                     runs[i].push(pgbench(&bin, &targets[i], args, clients, seconds));
                 }
             }
