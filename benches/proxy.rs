@@ -119,18 +119,9 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
 fn run_order(round: usize, n: usize) -> Vec<usize> {
     // first row 0, n-1, 1, n-2, 2, …; then shifted by one per round; for odd n, the same
     // rows reversed follow
-    let (mut lo, mut hi) = (0, n);
-    let first = (0..n).map(|j| {
-        if j % 2 == 0 {
-            lo += 1;
-            lo - 1
-        } else {
-            hi -= 1;
-            hi
-        }
-    });
+    let first = |j: usize| if j % 2 == 0 { j / 2 } else { n - 1 - j / 2 };
     let row = round % design_rounds(n);
-    let order: Vec<usize> = first.map(|t| (t + row) % n).collect();
+    let order: Vec<usize> = (0..n).map(|j| (first(j) + row) % n).collect();
     if row >= n {
         order.into_iter().rev().collect()
     } else {
@@ -147,8 +138,8 @@ fn design_rounds(n: usize) -> usize {
     }
 }
 
-/// TPS of target `a` over target `b` in each round where both ran (the two ran minutes
-/// apart at most, so drift on the machine cancels out more than between medians), and the
+/// TPS of target `a` over target `b` in each round where both ran (the two ran seconds
+/// apart, so drift on the machine cancels out more than between medians), and the
 /// median of those ratios.
 fn paired_ratios(
     targets: &[Target],
