@@ -65,6 +65,12 @@ impl PolicyStore {
         self.snapshot.load_full()
     }
 
+    /// The current catalog generation (without taking a reference to the snapshot, whose
+    /// count every session would share).
+    pub fn generation(&self) -> u64 {
+        self.snapshot.load().generation
+    }
+
     /// Install a freshly loaded catalog unless it equals the current one. Returns the new
     /// generation, or None when nothing changed: then every cache stays warm (DDL fires a
     /// reload, and most DDL — indexes, temporary tables, other schemas' functions — changes

@@ -150,7 +150,9 @@ impl Statements {
     /// are closed with the next bound unit (closing a missing statement is no error), and new
     /// ones get new names.
     pub fn forget_all(&mut self) {
-        self.to_close.extend(self.map.drain().map(|(_, e)| e.name));
+        if !self.map.is_empty() {
+            self.to_close.extend(self.map.drain().map(|(_, e)| e.name));
+        }
         self.pending = None;
     }
 

@@ -2,11 +2,12 @@
 
 use bytes::BytesMut;
 
-/// One frontend message: its tag and all of its bytes (tag and length included).
+/// One frontend message: its tag and all of its bytes (tag and length included), borrowed
+/// from the read buffer (framing copies nothing; the caller advances past it when done).
 #[derive(Debug)]
-pub struct Frame {
+pub struct Frame<'a> {
     pub tag: u8,
-    pub bytes: BytesMut,
+    pub bytes: &'a [u8],
 }
 
 /// Framing errors; each ends the session.
@@ -18,27 +19,46 @@ pub enum FrameError {
     TooLarge(usize, usize),
 }
 
-/// Take the next complete message off `buf`, if there is one.
-pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
-    if buf.len() < 5 {
+/// The length (tag included) of the complete message at the start of `buf`, if it is all
+/// there.
+pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+    let Some(len) = header_len(buf) else {
         return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    };
     if len < 4 {
         return Err(FrameError::BadLength(len));
     }
     if len > max {
         return Err(FrameError::TooLarge(len, max));
     }
-    if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
-        return Ok(None);
+    Ok((buf.len() > len).then_some(len + 1))
+}
+
+/// Reserve room for the rest of the (already bounded) message that starts `buf`, so that it
+/// is read in as few calls as possible.
+pub fn reserve_rest(buf: &mut BytesMut) {
+    if let Some(len) = header_len(buf) {
+        if buf.len() < len + 1 {
+            buf.reserve(len + 1 - buf.len());
+        }
     }
-    let tag = buf[0];
-    Ok(Some(Frame {
-        tag,
-        bytes: buf.split_to(len + 1),
-    }))
+}
+
+/// The length field of the message that starts `buf`.
+fn header_len(buf: &[u8]) -> Option<usize> {
+    let h = buf.get(..5)?;
+    Some(u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
+}
+
+impl<'a> Frame<'a> {
+    /// The message of `len` bytes (from [`next_frame`]) at the start of `buf`.
+    pub fn at(buf: &'a [u8], len: usize) -> Frame<'a> {
+        let bytes = &buf[..len];
+        Frame {
+            tag: bytes[0],
+            bytes,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -47,23 +67,27 @@ mod tests {
 
     #[test]
     fn frames_split_and_bound() {
-        let mut b = BytesMut::from(&b"Q\0\0\0\x09abcd\0S\0\0\0\x04"[..]);
-        let f = next_frame(&mut b, 1024).unwrap().unwrap();
+        let b = BytesMut::from(&b"Q\0\0\0\x09abcd\0S\0\0\0\x04"[..]);
+        let n = next_frame(&b, 1024).unwrap().unwrap();
+        let f = Frame::at(&b, n);
         assert_eq!(f.tag, b'Q');
-        assert_eq!(f.bytes.len(), 10);
-        assert_eq!(next_frame(&mut b, 1024).unwrap().unwrap().tag, b'S');
-        assert!(next_frame(&mut b, 1024).unwrap().is_none());
-        let mut big = BytesMut::from(&b"Q\x7f\0\0\0"[..]);
+        assert_eq!(f.bytes, b"Q\0\0\0\x09abcd\0");
+        let m = next_frame(&b[n..], 1024).unwrap().unwrap();
+        assert_eq!(Frame::at(&b[n..], m).tag, b'S');
+        assert!(next_frame(&b[n + m..], 1024).unwrap().is_none());
+        let big = b"Q\x7f\0\0\0";
         assert!(matches!(
-            next_frame(&mut big, 1024),
+            next_frame(big, 1024),
             Err(FrameError::TooLarge(..))
         ));
-        let mut bad = BytesMut::from(&b"Q\0\0\0\x01"[..]);
+        let bad = b"Q\0\0\0\x01";
         assert_eq!(
-            next_frame(&mut bad, 1024).unwrap_err(),
+            next_frame(bad, 1024).unwrap_err(),
             FrameError::BadLength(1)
         );
         let mut partial = BytesMut::from(&b"Q\0\0\0\x09ab"[..]);
-        assert!(next_frame(&mut partial, 1024).unwrap().is_none());
+        assert!(next_frame(&partial, 1024).unwrap().is_none());
+        reserve_rest(&mut partial);
+        assert!(partial.capacity() >= 10);
     }
 }

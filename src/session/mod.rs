@@ -32,6 +32,7 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::Message;
 use pgwire::tokio::server::MaybeTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{tcp, TcpStream};
 use tokio_util::either::Either;
 
 use crate::error::ClientError;
@@ -40,7 +41,7 @@ use crate::server::{Lane, Server};
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
 use crate::upstream::{DetachedConn, UpstreamConn};
 use bound::{Statements, Units, NAME_PREFIX};
-use frame::{next_frame, Frame};
+use frame::{next_frame, reserve_rest, Frame};
 pub use refusal::Refusals;
 
 /// How long pgveil waits for `DISCARD ALL` before it closes the upstream session instead.
@@ -173,8 +174,14 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
             pumps: Pumps { client, up, shared },
         } = &mut *session;
         let shared = &*shared;
-        let (client_rd, mut client_wr) = tokio::io::split(io);
-        let (mut up_rd, mut up_wr) = tokio::io::split(&mut upstream.stream);
+        let (client_rd, mut client_wr) = halves(match io {
+            MaybeTls::Plain(tcp) => Ok(tcp),
+            other => Err(other),
+        });
+        let (mut up_rd, mut up_wr) = halves(match &mut upstream.stream {
+            Either::Left(tcp) => Ok(tcp),
+            other => Err(other),
+        });
         let to_upstream = client_to_upstream(
             server,
             client_rd,
@@ -218,6 +225,29 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
         Err((side, e)) => {
             tracing::debug!(error = %e, "{side} side ended");
             Outcome::Ended(None)
+        }
+    }
+}
+
+/// The read and write side of a stream, both polled from the session's one task.
+type Halves<'a, S> = (
+    Either<tcp::ReadHalf<'a>, tokio::io::ReadHalf<&'a mut S>>,
+    Either<tcp::WriteHalf<'a>, tokio::io::WriteHalf<&'a mut S>>,
+);
+
+/// Split plain TCP by reference (no lock); anything else (TLS) with `tokio::io::split`,
+/// which takes a lock on every read and write.
+fn halves<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: Result<&'a mut TcpStream, &'a mut S>,
+) -> Halves<'a, S> {
+    match stream {
+        Ok(tcp) => {
+            let (rd, wr) = tcp.split();
+            (Either::Left(rd), Either::Left(wr))
+        }
+        Err(other) => {
+            let (rd, wr) = tokio::io::split(other);
+            (Either::Right(rd), Either::Right(wr))
         }
     }
 }
@@ -301,9 +331,12 @@ where
         ctx,
     } = pump;
     loop {
+        // Frames are handled where they lie; the buffer advances once per read.
+        let mut done = 0;
         loop {
-            let frame = match next_frame(buf, max) {
-                Ok(Some(f)) => f,
+            let rest = &buf[done..];
+            let len = match next_frame(rest, max) {
+                Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(e) => {
                     // Oversized or malformed: forward what came before, then end the session.
@@ -311,12 +344,16 @@ where
                     return Err(e.into());
                 }
             };
+            let frame = Frame::at(rest, len);
             if frame.tag == b'X' {
                 let out = std::mem::take(out);
                 return terminate(server, frame, shared, state, out, &mut up).await;
             }
             handle_frame(frame, ctx, shared, state, out)?;
+            done += len;
         }
+        buf.advance(done);
+        reserve_rest(buf);
         if !out.is_empty() {
             up.write_all(out).await?;
             out.clear();
@@ -332,7 +369,7 @@ where
 /// then only waits out the reset timeout.
 async fn terminate<W: AsyncWrite + Unpin>(
     server: &Server,
-    frame: Frame,
+    frame: Frame<'_>,
     shared: &Shared,
     state: &ClientState,
     mut out: BytesMut,
@@ -345,7 +382,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
         && !state.statements.batch_open()
         && !shared.units.idle_in_transaction();
     if !reusable {
-        out.extend_from_slice(&frame.bytes);
+        out.extend_from_slice(frame.bytes);
         up.write_all(&out).await?;
         up.flush().await?;
         return Ok(());
@@ -361,8 +398,8 @@ async fn terminate<W: AsyncWrite + Unpin>(
 
 /// Forward or rewrite one frontend message into `out`.
 fn handle_frame(
-    frame: Frame,
-    ctx: &EnforceCtx,
+    frame: Frame<'_>,
+    ctx: &mut EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
     out: &mut BytesMut,
@@ -370,14 +407,14 @@ fn handle_frame(
     let refusals = &shared.refusals;
     match frame.tag {
         b'Q' => {
-            let (query, _) = cstr(&frame.bytes, 5)
+            let (query, _) = cstr(frame.bytes, 5)
                 .ok_or_else(|| SessionError::Protocol("malformed Query".into()))?;
-            let result = simple_query(&frame.bytes, query, ctx, shared, state, out);
+            let result = simple_query(frame.bytes, query, ctx, shared, state, out);
             shared.units.sent();
             result
         }
         b'P' => {
-            let (name, query) = parse_name_and_query(&frame.bytes)
+            let (name, query) = parse_name_and_query(frame.bytes)
                 .ok_or_else(|| SessionError::Protocol("malformed Parse".into()))?;
             state
                 .statements
@@ -398,11 +435,11 @@ fn handle_frame(
                 Verdict::PassThrough => {
                     state.statements.forget_all(); // unrestricted now, as for a Query
                     prepared.insert(name, query, None, stamp);
-                    out.extend_from_slice(&frame.bytes);
+                    out.extend_from_slice(frame.bytes);
                     Ok(())
                 }
                 Verdict::Forward(sql) => {
-                    with_query(&frame.bytes, name, query, &sql, out)?;
+                    with_query(frame.bytes, name, query, &sql, out)?;
                     prepared.insert(name, query, Some(sql), stamp);
                     Ok(())
                 }
@@ -414,16 +451,16 @@ fn handle_frame(
             }
         }
         b'B' => {
-            let stmt = bind_statement(&frame.bytes);
+            let stmt = bind_statement(frame.bytes);
             state.statements.client_message(b'B', stmt, None);
             // A statement prepared under an older policy must not outlive it.
             let checked = match stmt {
                 Some(name) if reserved(name, ctx) => Err(reserved_name()),
-                _ => state.prepared.recheck(&frame.bytes, ctx),
+                _ => state.prepared.recheck(frame.bytes, ctx),
             };
             match checked {
                 Ok(()) => {
-                    out.extend_from_slice(&frame.bytes);
+                    out.extend_from_slice(frame.bytes);
                     Ok(())
                 }
                 Err(error) => encode(
@@ -433,7 +470,7 @@ fn handle_frame(
             }
         }
         b'D' if frame.bytes.get(5) == Some(&b'S')
-            && cstr(&frame.bytes, 6).is_some_and(|(n, _)| reserved(n, ctx)) =>
+            && cstr(frame.bytes, 6).is_some_and(|(n, _)| reserved(n, ctx)) =>
         {
             state.statements.client_message(b'D', None, None);
             encode(
@@ -446,10 +483,10 @@ fn handle_frame(
             )
         }
         b'C' => {
-            let name = cstr(&frame.bytes, 6).map(|(n, _)| n);
+            let name = cstr(frame.bytes, 6).map(|(n, _)| n);
             state.statements.client_message(b'C', name, None);
-            state.prepared.closed(&frame.bytes);
-            out.extend_from_slice(&frame.bytes);
+            state.prepared.closed(frame.bytes);
+            out.extend_from_slice(frame.bytes);
             Ok(())
         }
         b'F' if ctx.is_restricted() => {
@@ -471,7 +508,7 @@ fn handle_frame(
                 state.statements.forget_all(); // an unrestricted function call may run any SQL
             }
             state.statements.client_message(tag, None, None);
-            out.extend_from_slice(&frame.bytes);
+            out.extend_from_slice(frame.bytes);
             Ok(())
         }
     }
@@ -481,7 +518,7 @@ fn handle_frame(
 fn simple_query(
     msg: &[u8],
     query: &str,
-    ctx: &EnforceCtx,
+    ctx: &mut EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
     out: &mut BytesMut,
@@ -520,7 +557,7 @@ fn bind_statement(msg: &[u8]) -> Option<&str> {
 }
 
 /// A protocol-level statement name reserved for pgveil, used by a restricted user.
-fn reserved(name: &str, ctx: &EnforceCtx) -> bool {
+fn reserved(name: &str, ctx: &mut EnforceCtx) -> bool {
     name.starts_with(NAME_PREFIX) && ctx.is_restricted()
 }
 
@@ -532,7 +569,12 @@ fn reserved_name() -> ClientError {
 
 /// Statements prepared with the extended protocol, by name.
 #[derive(Default)]
-struct Prepared(std::collections::HashMap<String, PreparedEntry>);
+struct Prepared {
+    /// The unnamed statement, kept apart: drivers replace it on almost every query, and this
+    /// way that hashes nothing.
+    unnamed: Option<PreparedEntry>,
+    named: std::collections::HashMap<String, PreparedEntry>,
+}
 
 struct PreparedEntry {
     original: String,
@@ -545,7 +587,7 @@ struct PreparedEntry {
 /// A NUL-terminated string at `pos`, and the position after it.
 fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
     let rest = b.get(pos..)?;
-    let end = rest.iter().position(|&c| c == 0)?;
+    let end = memchr::memchr(0, rest)?;
     Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
 }
 
@@ -579,6 +621,14 @@ fn parse_name_and_query(msg: &[u8]) -> Option<(&str, &str)> {
 }
 
 impl Prepared {
+    fn get_mut(&mut self, name: &str) -> Option<&mut PreparedEntry> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
     fn insert(
         &mut self,
         name: &str,
@@ -586,55 +636,60 @@ impl Prepared {
         rewritten: Option<String>,
         stamp: PolicyStamp,
     ) {
-        match self.0.get_mut(name) {
-            // The unnamed statement is replaced on every Parse: reuse its buffer.
-            Some(slot) => {
-                slot.original.clear();
-                slot.original.push_str(original);
-                slot.rewritten = rewritten;
-                slot.stamp = stamp;
-            }
-            None => {
-                let entry = PreparedEntry {
-                    original: original.to_owned(),
-                    rewritten,
-                    stamp,
-                };
-                self.0.insert(name.to_owned(), entry);
-            }
+        // The unnamed statement is replaced on every Parse: reuse its buffer.
+        if let Some(slot) = self.get_mut(name) {
+            slot.original.clear();
+            slot.original.push_str(original);
+            slot.rewritten = rewritten;
+            slot.stamp = stamp;
+            return;
+        }
+        let entry = PreparedEntry {
+            original: original.to_owned(),
+            rewritten,
+            stamp,
+        };
+        if name.is_empty() {
+            self.unnamed = Some(entry);
+        } else {
+            self.named.insert(name.to_owned(), entry);
         }
     }
 
     fn remove(&mut self, name: &str) {
-        self.0.remove(name);
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
     }
 
     /// Close ('C'): forget a closed statement.
     fn closed(&mut self, msg: &[u8]) {
         if msg.get(5) == Some(&b'S') {
             if let Some((name, _)) = cstr(msg, 6) {
-                self.0.remove(name);
+                self.remove(name);
             }
         }
     }
 
     /// Bind ('B'): the statement it uses must still enforce to exactly what was prepared.
     /// Under the very same policy that is certain; otherwise it is enforced again.
-    fn recheck(&mut self, msg: &[u8], ctx: &EnforceCtx) -> Result<(), ClientError> {
+    fn recheck(&mut self, msg: &[u8], ctx: &mut EnforceCtx) -> Result<(), ClientError> {
         let Some((_portal, next)) = cstr(msg, 5) else {
             return Ok(());
         };
         let Some((stmt, _)) = cstr(msg, next) else {
             return Ok(());
         };
-        let Some(entry) = self.0.get_mut(stmt) else {
+        let Some(entry) = self.get_mut(stmt) else {
             return Ok(());
         };
-        let stamp = ctx.stamp();
-        if entry.stamp == stamp {
+        if entry.stamp == ctx.stamp() {
             return Ok(());
         }
-        let now = match ctx.enforce_prepared(&entry.original) {
+        let (verdict, stamp) = ctx.enforce_prepared_stamped(&entry.original);
+        let now = match verdict {
             Verdict::PassThrough => None,
             Verdict::Forward(sql) => Some(sql),
             Verdict::Refuse { error, .. } => return Err(error),

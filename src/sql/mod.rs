@@ -636,129 +636,111 @@ pub struct Limits<'a> {
     pub max_depth: usize,
 }
 
-/// Per-session enforcement context.
+/// Per-session enforcement context (owned by the session's client pump).
 pub struct EnforceCtx {
     server: Arc<Server>,
     user: String,
     ip: Option<IpAddr>,
     /// The user's effective policy, reused within one catalog generation and one wall-clock
     /// second (role validity and time windows are evaluated at most a second late).
-    memo: std::sync::Mutex<Option<EffMemo>>,
+    memo: EffMemo,
+    /// Bumped whenever `memo` changes to another compiled policy object (for stamps).
+    epoch: u64,
 }
 
 struct EffMemo {
-    generation: u64,
+    snap: Arc<Snapshot>,
     second: u64,
     eff: Option<Arc<Effective>>,
 }
 
-/// Identifies the policy a statement was enforced under: same generation and the very same
-/// compiled policy object means enforcement would give the same result again.
-#[derive(Clone)]
+/// Identifies, within one session, the policy a statement was enforced under: the same
+/// generation and the very same compiled policy object (same epoch) means enforcement would
+/// give the same result again.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PolicyStamp {
     generation: u64,
-    eff: Option<Arc<Effective>>,
-}
-
-impl PartialEq for PolicyStamp {
-    fn eq(&self, other: &Self) -> bool {
-        self.generation == other.generation
-            && match (&self.eff, &other.eff) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-    }
+    epoch: u64,
 }
 
 impl EnforceCtx {
     pub fn new(server: Arc<Server>, user: String, ip: Option<IpAddr>) -> Self {
+        let memo = EffMemo {
+            snap: server.store.snapshot(),
+            second: u64::MAX, // never current: the first statement evaluates the policy
+            eff: None,
+        };
         EnforceCtx {
             server,
             user,
             ip,
-            memo: std::sync::Mutex::new(None),
+            memo,
+            epoch: 0,
         }
     }
 
-    fn effective(&self) -> (Arc<Snapshot>, Option<Arc<Effective>>) {
+    /// Bring the memo up to date. The common case (same generation, same second) reads an
+    /// atomic and the clock; it clones no `Arc`, whose counts every session would share.
+    fn refresh(&mut self) {
         let store = &self.server.store;
-        let snap = store.snapshot();
         // The memo check needs only the second; a calendar time only when re-evaluating.
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut memo = self
-            .memo
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = memo.as_ref() {
-            if m.generation == snap.generation && m.second == second {
-                return (snap, m.eff.clone());
-            }
+        if self.memo.second == second && self.memo.snap.generation == store.generation() {
+            return;
         }
+        let snap = store.snapshot();
         let eff = store.effective_in(&snap, &self.user, chrono::Utc::now(), self.ip);
-        *memo = Some(EffMemo {
-            generation: snap.generation,
-            second,
-            eff: eff.clone(),
-        });
-        (snap, eff)
+        let same = match (&self.memo.eff, &eff) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.epoch += 1;
+        }
+        self.memo = EffMemo { snap, second, eff };
+    }
+
+    fn stamp_now(&self) -> PolicyStamp {
+        PolicyStamp {
+            generation: self.memo.snap.generation,
+            epoch: self.epoch,
+        }
     }
 
     /// The policy statements are enforced under right now.
-    pub fn stamp(&self) -> PolicyStamp {
-        let (snap, eff) = self.effective();
-        PolicyStamp {
-            generation: snap.generation,
-            eff,
-        }
+    pub fn stamp(&mut self) -> PolicyStamp {
+        self.refresh();
+        self.stamp_now()
     }
 
     /// Is the user restricted right now? (Roles can expire inside a session.)
-    pub fn is_restricted(&self) -> bool {
-        !self.effective().1.is_some_and(|e| e.unrestricted)
-    }
-
-    pub fn enforce_simple(&self, sql: &str) -> Verdict {
-        self.enforce(sql, false)
+    pub fn is_restricted(&mut self) -> bool {
+        self.refresh();
+        !self.memo.eff.as_ref().is_some_and(|e| e.unrestricted)
     }
 
     /// Enforce a Query message, keeping a cached template and its literals apart.
-    pub fn enforce_simple_parts(&self, sql: &str) -> Simple {
-        let (snap, eff) = self.effective();
-        self.enforce_under(snap, eff, sql, false)
-    }
-
-    pub fn enforce_prepared(&self, sql: &str) -> Verdict {
-        self.enforce(sql, true)
+    pub fn enforce_simple_parts(&mut self, sql: &str) -> Simple {
+        self.refresh();
+        self.enforce_under(sql, false)
     }
 
     /// Enforce a Parse, with the policy it was enforced under (one policy lookup).
-    pub fn enforce_prepared_stamped(&self, sql: &str) -> (Verdict, PolicyStamp) {
-        let (snap, eff) = self.effective();
-        let stamp = PolicyStamp {
-            generation: snap.generation,
-            eff: eff.clone(),
-        };
+    pub fn enforce_prepared_stamped(&mut self, sql: &str) -> (Verdict, PolicyStamp) {
+        self.refresh();
         (
-            self.enforce_under(snap, eff, sql, true).into_verdict(),
-            stamp,
+            self.enforce_under(sql, true).into_verdict(),
+            self.stamp_now(),
         )
     }
 
-    fn enforce(&self, sql: &str, prepared: bool) -> Verdict {
-        let (snap, eff) = self.effective();
-        self.enforce_under(snap, eff, sql, prepared).into_verdict()
-    }
-
-    fn enforce_under(
-        &self,
-        snap: Arc<Snapshot>,
-        eff: Option<Arc<Effective>>,
-        sql: &str,
-        prepared: bool,
-    ) -> Simple {
+    /// Enforce under the policy in the memo.
+    fn enforce_under(&self, sql: &str, prepared: bool) -> Simple {
+        let snap = &self.memo.snap;
+        let eff = &self.memo.eff;
         let cfg = &self.server.config;
         let pw = password::PasswordCtx {
             user: &self.user,
@@ -807,12 +789,12 @@ impl EnforceCtx {
             Simple::Verdict(
                 self.server
                     .rewrites
-                    .enforce(&limits, &snap, &eff, sql, true),
+                    .enforce(&limits, snap, eff, sql, true),
             )
         } else {
             self.server
                 .rewrites
-                .enforce_simple(&limits, &snap, &eff, sql)
+                .enforce_simple(&limits, snap, eff, sql)
         }
     }
 }
