@@ -740,75 +740,12 @@ where
         reset,
     } = pump;
     loop {
-        loop {
-            if *passthrough > 0 {
-                let n = (*passthrough).min(buf.len());
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-                buf.advance(n);
-                *passthrough -= n;
-                continue;
-            }
-            if buf.len() < 5 {
-                break;
-            }
-            let tag = buf[0];
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len < 4 {
-                return Err(SessionError::Protocol(
-                    "invalid message length from upstream".into(),
-                ));
-            }
-            let units = &shared.units;
-            if units.resetting() {
-                if buf.len() < len + 1 {
-                    if len > RESET_MAX_MESSAGE {
-                        return Ok(UpstreamEnd::Reset(false));
-                    }
-                    break;
-                }
-                let msg = buf.split_to(len + 1);
-                if let Some(reusable) = reset.step(&msg, units) {
-                    return Ok(UpstreamEnd::Reset(reusable && buf.is_empty()));
-                }
-                continue;
-            }
-            if tag == b'Z' {
-                if buf.len() < 6 {
-                    break; // the transaction status byte is still to come
-                }
-                units.ready_for_query(buf[5]);
-            } else if units.ours() && matches!(tag, b'1' | b'2' | b'3' | b'n' | b'E') {
-                // Responses a Query would not have produced: dropped (an error is relayed).
-                if tag == b'1' {
-                    units.parse_complete();
-                } else if tag == b'E' {
-                    units.error();
-                }
-                if tag != b'E' {
-                    if buf.len() < len + 1 {
-                        break;
-                    }
-                    buf.advance(len + 1);
-                    continue;
-                }
-            }
-            if tag != b'E' {
-                *passthrough = len + 1;
-                continue;
-            }
-            if buf.len() < len + 1 {
-                buf.reserve(len + 1 - buf.len());
-                break;
-            }
-            let msg = buf.split_to(len + 1);
-            match shared.refusals.replace(&msg) {
-                Some(replacement) => out.extend_from_slice(&replacement),
-                None => out.extend_from_slice(&msg),
-            }
+        let relayed = relay_upstream(buf, out, passthrough, reset, shared)?;
+        if let Some(reusable) = relayed.reset {
+            return Ok(UpstreamEnd::Reset(reusable));
         }
+        buf.advance(relayed.used);
+        buf.reserve(relayed.need);
         if !out.is_empty() {
             client.write_all(out).await?;
             out.clear();
@@ -824,6 +761,123 @@ where
         if read_waiting(&mut up, buf, waiting).await? == 0 {
             client.flush().await?;
             return Ok(UpstreamEnd::Closed);
+        }
+    }
+}
+
+/// What one pass over the upstream bytes read so far did.
+struct Relayed {
+    /// Bytes dealt with (relayed, replaced or dropped).
+    used: usize,
+    /// More room needed for a message that is relayed only once whole (an error).
+    need: usize,
+    /// pgveil's reset ended: may the session be reused?
+    reset: Option<bool>,
+}
+
+/// Relay the complete messages in `buf` into `out` (and the part of a message being passed
+/// through): runs of messages that go as they are are copied in one piece.
+fn relay_upstream(
+    buf: &[u8],
+    out: &mut BytesMut,
+    passthrough: &mut usize,
+    reset: &mut ResetCheck,
+    shared: &Shared,
+) -> Result<Relayed, SessionError> {
+    let units = &shared.units;
+    let mut pos = 0; // bytes dealt with
+    let mut run = 0; // buf[run..pos] goes to the client as it is
+    let mut need = 0;
+    loop {
+        if *passthrough > 0 {
+            let n = (*passthrough).min(buf.len() - pos);
+            if n == 0 {
+                break;
+            }
+            pos += n;
+            *passthrough -= n;
+            continue;
+        }
+        let rest = &buf[pos..];
+        let Some(head) = rest.get(..5) else {
+            break;
+        };
+        let tag = head[0];
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len < 4 {
+            return Err(SessionError::Protocol(
+                "invalid message length from upstream".into(),
+            ));
+        }
+        let whole = rest.get(..=len);
+        if units.resetting() {
+            out.extend_from_slice(&buf[run..pos]);
+            run = pos;
+            let Some(msg) = whole else {
+                if len > RESET_MAX_MESSAGE {
+                    return Ok(Relayed::reset_done(pos, false));
+                }
+                break;
+            };
+            pos += msg.len();
+            run = pos;
+            if let Some(reusable) = reset.step(msg, units) {
+                return Ok(Relayed::reset_done(pos, reusable && pos == buf.len()));
+            }
+            continue;
+        }
+        if tag == b'Z' {
+            let Some(&status) = rest.get(5) else {
+                break; // the transaction status byte is still to come
+            };
+            units.ready_for_query(status);
+        } else if units.ours() && matches!(tag, b'1' | b'2' | b'3' | b'n' | b'E') {
+            // Responses a Query would not have produced: dropped (an error is relayed).
+            if tag == b'1' {
+                units.parse_complete();
+            } else if tag == b'E' {
+                units.error();
+            }
+            if tag != b'E' {
+                let Some(msg) = whole else {
+                    break;
+                };
+                out.extend_from_slice(&buf[run..pos]);
+                pos += msg.len();
+                run = pos;
+                continue;
+            }
+        }
+        if tag != b'E' {
+            *passthrough = len + 1;
+            continue;
+        }
+        let Some(msg) = whole else {
+            need = len + 1 - rest.len();
+            break;
+        };
+        out.extend_from_slice(&buf[run..pos]);
+        match shared.refusals.replace(msg) {
+            Some(replacement) => out.extend_from_slice(&replacement),
+            None => out.extend_from_slice(msg),
+        }
+        pos += msg.len();
+        run = pos;
+    }
+    out.extend_from_slice(&buf[run..pos]);
+    Ok(Relayed {
+        used: pos,
+        need,
+        reset: None,
+    })
+}
+
+impl Relayed {
+    fn reset_done(used: usize, reusable: bool) -> Relayed {
+        Relayed {
+            used,
+            need: 0,
+            reset: Some(reusable),
         }
     }
 }
