@@ -331,7 +331,9 @@ where
         ctx,
     } = pump;
     loop {
-        // Frames are handled where they lie; the buffer advances once per read.
+        // Frames are handled where they lie, under the policy as of now; the buffer advances
+        // once per read.
+        ctx.refresh();
         let mut done = 0;
         loop {
             let rest = &buf[done..];
@@ -399,7 +401,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
 /// Forward or rewrite one frontend message into `out`.
 fn handle_frame(
     frame: Frame<'_>,
-    ctx: &mut EnforceCtx,
+    ctx: &EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
     out: &mut BytesMut,
@@ -456,7 +458,8 @@ fn handle_frame(
             // A statement prepared under an older policy must not outlive it.
             let checked = match stmt {
                 Some(name) if reserved(name, ctx) => Err(reserved_name()),
-                _ => state.prepared.recheck(frame.bytes, ctx),
+                Some(name) => state.prepared.recheck(name, ctx),
+                None => Ok(()), // malformed: PostgreSQL answers it
             };
             match checked {
                 Ok(()) => {
@@ -518,7 +521,7 @@ fn handle_frame(
 fn simple_query(
     msg: &[u8],
     query: &str,
-    ctx: &mut EnforceCtx,
+    ctx: &EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
     out: &mut BytesMut,
@@ -557,7 +560,7 @@ fn bind_statement(msg: &[u8]) -> Option<&str> {
 }
 
 /// A protocol-level statement name reserved for pgveil, used by a restricted user.
-fn reserved(name: &str, ctx: &mut EnforceCtx) -> bool {
+fn reserved(name: &str, ctx: &EnforceCtx) -> bool {
     name.starts_with(NAME_PREFIX) && ctx.is_restricted()
 }
 
@@ -675,13 +678,7 @@ impl Prepared {
 
     /// Bind ('B'): the statement it uses must still enforce to exactly what was prepared.
     /// Under the very same policy that is certain; otherwise it is enforced again.
-    fn recheck(&mut self, msg: &[u8], ctx: &mut EnforceCtx) -> Result<(), ClientError> {
-        let Some((_portal, next)) = cstr(msg, 5) else {
-            return Ok(());
-        };
-        let Some((stmt, _)) = cstr(msg, next) else {
-            return Ok(());
-        };
+    fn recheck(&mut self, stmt: &str, ctx: &EnforceCtx) -> Result<(), ClientError> {
         let Some(entry) = self.get_mut(stmt) else {
             return Ok(());
         };

@@ -679,9 +679,12 @@ impl EnforceCtx {
         }
     }
 
-    /// Bring the memo up to date. The common case (same generation, same second) reads an
-    /// atomic and the clock; it clones no `Arc`, whose counts every session would share.
-    fn refresh(&mut self) {
+    /// Bring the policy up to date; the client pump calls this once per batch of messages
+    /// (what one read brought), and everything else uses what it found. Until the first call
+    /// the user counts as unknown, so statements are refused. The common case (same
+    /// generation, same second) reads an atomic and the clock; it clones no `Arc`, whose
+    /// counts every session would share.
+    pub fn refresh(&mut self) {
         let store = &self.server.store;
         // The memo check needs only the second; a calendar time only when re-evaluating.
         let second = std::time::SystemTime::now()
@@ -703,38 +706,27 @@ impl EnforceCtx {
         self.memo = EffMemo { snap, second, eff };
     }
 
-    fn stamp_now(&self) -> PolicyStamp {
+    /// The policy statements are enforced under (as of the last [`EnforceCtx::refresh`]).
+    pub fn stamp(&self) -> PolicyStamp {
         PolicyStamp {
             generation: self.memo.snap.generation,
             epoch: self.epoch,
         }
     }
 
-    /// The policy statements are enforced under right now.
-    pub fn stamp(&mut self) -> PolicyStamp {
-        self.refresh();
-        self.stamp_now()
-    }
-
-    /// Is the user restricted right now? (Roles can expire inside a session.)
-    pub fn is_restricted(&mut self) -> bool {
-        self.refresh();
+    /// Is the user restricted? (Roles can expire inside a session.)
+    pub fn is_restricted(&self) -> bool {
         !self.memo.eff.as_ref().is_some_and(|e| e.unrestricted)
     }
 
     /// Enforce a Query message, keeping a cached template and its literals apart.
-    pub fn enforce_simple_parts(&mut self, sql: &str) -> Simple {
-        self.refresh();
+    pub fn enforce_simple_parts(&self, sql: &str) -> Simple {
         self.enforce_under(sql, false)
     }
 
-    /// Enforce a Parse, with the policy it was enforced under (one policy lookup).
-    pub fn enforce_prepared_stamped(&mut self, sql: &str) -> (Verdict, PolicyStamp) {
-        self.refresh();
-        (
-            self.enforce_under(sql, true).into_verdict(),
-            self.stamp_now(),
-        )
+    /// Enforce a Parse, with the policy it was enforced under.
+    pub fn enforce_prepared_stamped(&self, sql: &str) -> (Verdict, PolicyStamp) {
+        (self.enforce_under(sql, true).into_verdict(), self.stamp())
     }
 
     /// Enforce under the policy in the memo.
