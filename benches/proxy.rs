@@ -56,7 +56,18 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) -> Option<Outcome> {
+/// How long a pgbench run lasts.
+#[derive(Clone, Copy)]
+enum Length {
+    Seconds(u32),
+    Transactions(u32),
+}
+
+fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, length: Length) -> Option<Outcome> {
+    let (flag, n) = match length {
+        Length::Seconds(n) => ("-T", n),
+        Length::Transactions(n) => ("-t", n),
+    };
     let jobs = clients.min(2).to_string();
     let cpu_before = t.proxy_pid.and_then(cpu_seconds);
     let out = own_session(&bin.join("pgbench"))
@@ -74,8 +85,8 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
             &clients.to_string(),
             "-j",
             &jobs,
-            "-T",
-            &seconds.to_string(),
+            flag,
+            &n.to_string(),
         ])
         .args(args)
         .arg("crm")
@@ -95,7 +106,7 @@ fn pgbench(bin: &Path, t: &Target, args: &[&str], clients: u32, seconds: u32) ->
     let num = |prefix: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(prefix))?
-            .split(['=', ' '])
+            .split(['=', ' ', '/']) // "processed: 1000/1000" with -t
             .filter_map(|w| w.parse().ok())
             .next()
     };
@@ -195,7 +206,10 @@ ALTER TABLE pgbench_accounts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY bench_department ON pgbench_accounts TO bench_rls USING (bid = 1);
 ";
 
-fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::process::Child)> {
+fn start_pgbouncer(
+    pg: &EmbeddedPg,
+    callgrind: bool,
+) -> Option<(tempfile::TempDir, u16, std::process::Child)> {
     let bin = which("pgbouncer")?;
     let dir = tempfile::tempdir().ok()?;
     let port = free_port().ok()?;
@@ -224,22 +238,23 @@ fn start_pgbouncer(pg: &EmbeddedPg) -> Option<(tempfile::TempDir, u16, std::proc
         .args(["-R", "postgres:postgres"])
         .arg(dir.path())
         .status();
-    let child = own_session(Path::new("runuser"))
-        .args(["-u", "postgres", "--"])
-        .arg(bin)
+    let mut runner = own_session(Path::new("runuser"));
+    runner.args(["-u", "postgres", "--"]);
+    let profile = callgrind.then(|| dir.path().join("cg.%p"));
+    let child = launch(runner, &bin, profile.as_deref())
         .arg(&ini)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    Some((dir, port, child))
+    wait_listening(port).then_some((dir, port, child))
 }
 
 /// `pgveil serve` as its own process and session, configured as `cfg` (its upstream password
 /// passed in the environment, as a deployment would); returns once it accepts connections.
 fn start_pgveil(
     cfg: &pgveil::config::Config,
+    callgrind: bool,
 ) -> anyhow::Result<(tempfile::TempDir, u16, std::process::Child)> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
@@ -255,7 +270,9 @@ fn start_pgveil(
             s.session_threads, s.prepare_simple_statements, u.host, u.port, u.database, u.user, u.pool_size,
         ),
     )?;
-    let mut child = own_session(Path::new(env!("CARGO_BIN_EXE_pgveil")))
+    let profile = callgrind.then(|| dir.path().join("cg.%p"));
+    let program = Path::new(env!("CARGO_BIN_EXE_pgveil"));
+    let mut child = launch(session_runner(), program, profile.as_deref())
         .arg("serve")
         .arg("--config")
         .arg(&file)
@@ -265,15 +282,23 @@ fn start_pgveil(
         )
         .stdout(std::process::Stdio::null())
         .spawn()?;
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((dir, port, child));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if wait_listening(port) {
+        return Ok((dir, port, child));
     }
     let _ = child.kill();
     let _ = child.wait();
     anyhow::bail!("pgveil serve did not listen on port {port} within 30 s")
+}
+
+/// Does something accept connections on `port` within 30 s?
+fn wait_listening(port: u16) -> bool {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
 }
 
 /// The process that `setsid` became or started: `setsid` execs in place unless it had to fork
@@ -289,15 +314,35 @@ fn session_leader_exec(pid: u32) -> u32 {
         .unwrap_or(pid)
 }
 
+/// `program` run by `runner` (`own_session`, or `runuser` for PgBouncer), under callgrind
+/// when `callgrind` names the file its profile goes to (`%p`: the process id).
+fn launch(runner: Command, program: &Path, callgrind: Option<&Path>) -> Command {
+    let mut c = runner;
+    if let (Some(out), Some(valgrind)) = (callgrind, which("valgrind")) {
+        c.arg(valgrind)
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()));
+    }
+    c.arg(program);
+    c
+}
+
 /// `program` in a session of its own (its own autogroup), when `setsid` is installed.
 fn own_session(program: &Path) -> Command {
+    let mut c = session_runner();
+    c.arg(program);
+    c
+}
+
+/// `setsid --wait`, to which the program is appended; without `setsid`, `env`.
+fn session_runner() -> Command {
     match which("setsid") {
         Some(setsid) => {
             let mut c = Command::new(setsid);
-            c.arg("--wait").arg(program);
+            c.arg("--wait");
             c
         }
-        None => Command::new(program),
+        None => Command::new("env"),
     }
 }
 
@@ -370,7 +415,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     pg.psql("crm", BENCH_RLS)?;
-    let (_pgveil_dir, pgveil_port, mut pgveil) = start_pgveil(&cfg)?;
+    let callgrind = env_number::<u8>("PGVEIL_BENCH_CALLGRIND").is_some_and(|n| n != 0);
+    anyhow::ensure!(
+        !callgrind || (which("valgrind").is_some() && which("callgrind_control").is_some()),
+        "PGVEIL_BENCH_CALLGRIND needs valgrind (apt-get install valgrind)"
+    );
+    let (pgveil_dir, pgveil_port, mut pgveil) = start_pgveil(&cfg, callgrind)?;
     let pgveil_pid = session_leader_exec(pgveil.id());
     let mut targets = vec![
         Target {
@@ -406,7 +456,7 @@ fn main() -> anyhow::Result<()> {
             password: pgveil::demo::password("bench"),
         },
     ];
-    let bouncer = start_pgbouncer(&pg);
+    let bouncer = start_pgbouncer(&pg, callgrind);
     if let Some((dir, port, _)) = &bouncer {
         let pid = std::fs::read_to_string(dir.path().join("pgbouncer.pid"))
             .ok()
@@ -422,22 +472,141 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!("(pgbouncer not installed: skipping that target)");
     }
+    if callgrind {
+        let mut profiled: Vec<Profiled<'_>> = targets
+            .iter()
+            .filter(|t| t.name.starts_with("pgveil"))
+            .map(|target| Profiled {
+                target,
+                dir: pgveil_dir.path(),
+                owner: None,
+            })
+            .collect();
+        let pgbouncer = targets.iter().find(|t| t.name == "pgbouncer");
+        if let (Some((dir, _, _)), Some(target)) = (&bouncer, pgbouncer) {
+            profiled.push(Profiled {
+                target,
+                dir: dir.path(),
+                owner: Some("postgres"),
+            });
+        }
+        count_instructions(&bin, &profiled, &WORKLOADS[..4]);
+    } else {
+        timed_runs(&bin, &targets, seconds);
+    }
+    if let Some((dir, _, mut child)) = bouncer {
+        // `child` is runuser; PgBouncer itself is stopped through its pid file
+        if let Ok(pid) = std::fs::read_to_string(dir.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // SIGTERM: pgveil stops accepting and ends once its (by now closed) sessions are gone
+    let _ = Command::new("kill").arg(pgveil_pid.to_string()).status();
+    let _ = pgveil.wait();
+    Ok(())
+}
+
+/// The workloads, by name and pgbench arguments.
+const WORKLOADS: [(&str, &[&str]); 5] = [
+    ("select-only -M simple", &["-S", "-M", "simple"]),
+    ("select-only -M extended", &["-S", "-M", "extended"]),
+    ("select-only -M prepared", &["-S", "-M", "prepared"]),
+    ("tpcb-like (default)", &[]),
+    // a new connection (SCRAM login included) for every transaction
+    ("select-only -C reconnect", &["-S", "-M", "simple", "-C"]),
+];
+
+/// A proxy running under callgrind: where its profiles go, and who may control it.
+struct Profiled<'a> {
+    target: &'a Target,
+    dir: &'a Path,
+    owner: Option<&'static str>,
+}
+
+/// `PGVEIL_BENCH_CALLGRIND=1`: the user-space instructions each proxy executes per
+/// transaction, at 1 client: a 5,000-transaction run minus a 1,000-transaction one, divided by
+/// 4,000, so that connection set-up (SCRAM) cancels out. Unlike time on a shared machine this
+/// does not move from run to run; it does not count the kernel's work (the syscalls, which
+/// are the same for pgveil and PgBouncer).
+fn count_instructions(bin: &Path, profiled: &[Profiled<'_>], workloads: &[(&str, &[&str])]) {
+    println!("user-space instructions per transaction (callgrind), 1 client, after a warm-up");
+    println!("{:<26} {:<18} {:>12}", "workload", "target", "instr/tx");
+    for (name, args) in workloads {
+        for p in profiled {
+            let Some(pid) = p.target.proxy_pid else {
+                continue;
+            };
+            let _ = pgbench(bin, p.target, args, 1, Length::Transactions(200));
+            let count = |n: u32| {
+                callgrind_control(p, pid, "-z")?;
+                pgbench(bin, p.target, args, 1, Length::Transactions(n))?;
+                callgrind_control(p, pid, "-d")?;
+                latest_total(p.dir, pid)
+            };
+            match (count(1000), count(5000)) {
+                (Some(a), Some(b)) if b > a => {
+                    let per_tx = (b - a) as f64 / 4000.0;
+                    println!("{name:<26} {:<18} {per_tx:>12.0}", p.target.name);
+                }
+                _ => println!("{name:<26} {:<18} {:>12}", p.target.name, "failed"),
+            }
+        }
+    }
+}
+
+/// Run `callgrind_control OP PID` as the profiled process's owner.
+fn callgrind_control(p: &Profiled<'_>, pid: u32, op: &str) -> Option<()> {
+    let mut c = match p.owner {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--", "callgrind_control"]);
+            c
+        }
+        None => Command::new("callgrind_control"),
+    };
+    let ok = c
+        .arg(op)
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(())
+}
+
+/// The instruction total of the newest complete profile dump of `pid` in `dir`.
+fn latest_total(dir: &Path, pid: u32) -> Option<u64> {
+    let prefix = format!("cg.{pid}.");
+    for _ in 0..100 {
+        let newest = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix(&prefix)?.parse::<u32>().ok()
+            })
+            .max();
+        let total = newest.and_then(|n| {
+            let text = std::fs::read_to_string(dir.join(format!("{prefix}{n}"))).ok()?;
+            let line = text.lines().find(|l| l.starts_with("totals:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        });
+        if total.is_some() {
+            return total;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// The timed workloads, every target in every round, and the table.
+fn timed_runs(bin: &Path, targets: &[Target], seconds: u32) {
     // one whole design by default: every target after every other as often
     let rounds: usize = env_number("PGVEIL_BENCH_ROUNDS")
         .unwrap_or_else(|| design_rounds(targets.len()))
         .max(1);
-    let workloads: [(&str, &[&str]); 5] = [
-        ("select-only -M simple", &["-S", "-M", "simple"]),
-        ("select-only -M extended", &["-S", "-M", "extended"]),
-        ("select-only -M prepared", &["-S", "-M", "prepared"]),
-        ("tpcb-like (default)", &[]),
-        // a new connection (SCRAM login included) for every transaction
-        ("select-only -C reconnect", &["-S", "-M", "simple", "-C"]),
-    ];
-    println!(
-        "pgbench {seconds}s per run, median of {rounds} rounds, scale 1, PostgreSQL {}",
-        pg.port()
-    );
+    println!("pgbench {seconds}s per run, median of {rounds} rounds, scale 1");
     println!(
         "{:<26} {:>3}  {:<18} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10}",
         "workload",
@@ -465,7 +634,7 @@ fn main() -> anyhow::Result<()> {
             })
             .unwrap_or(true)
     };
-    for (name, args) in workloads {
+    for (name, args) in WORKLOADS {
         if !wanted("PGVEIL_BENCH_WORKLOADS", name, false) {
             continue;
         }
@@ -477,10 +646,11 @@ fn main() -> anyhow::Result<()> {
             let mut runs: Vec<Vec<Option<Outcome>>> = targets.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {
                 for i in run_order(round, targets.len()) {
-                    runs[i].push(pgbench(&bin, &targets[i], args, clients, seconds));
+                    let length = Length::Seconds(seconds);
+                    runs[i].push(pgbench(bin, &targets[i], args, clients, length));
                 }
             }
-            let paired = paired_ratios(&targets, &runs, "pgveil", "pgbouncer");
+            let paired = paired_ratios(targets, &runs, "pgveil", "pgbouncer");
             let medians: Vec<Option<Outcome>> = runs
                 .into_iter()
                 .map(|r| median(r.into_iter().flatten().collect()))
@@ -513,16 +683,4 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    if let Some((dir, _, mut child)) = bouncer {
-        // `child` is runuser; PgBouncer itself is stopped through its pid file
-        if let Ok(pid) = std::fs::read_to_string(dir.path().join("pgbouncer.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    // SIGTERM: pgveil stops accepting and ends once its (by now closed) sessions are gone
-    let _ = Command::new("kill").arg(pgveil_pid.to_string()).status();
-    let _ = pgveil.wait();
-    Ok(())
 }
