@@ -20,6 +20,9 @@
 //! one whole design: 10 rounds with PgBouncer, 4 without;
 //! PGVEIL_BENCH_WORKLOADS, PGVEIL_BENCH_CLIENTS, PGVEIL_BENCH_SESSION_THREADS and
 //! PGVEIL_BENCH_POOL (upstream pool size, default 40; 0 = off): see README)
+//!
+//! PGVEIL_BENCH_CALLGRIND=1 instead counts the user-space instructions per transaction of the
+//! proxies under callgrind (`count_instructions`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 

@@ -590,6 +590,9 @@ struct PreparedEntry {
 /// A NUL-terminated string at `pos`, and the position after it.
 fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
     let rest = b.get(pos..)?;
+    if rest.first() == Some(&0) {
+        return Some(("", pos + 1)); // the unnamed statement or portal: most names
+    }
     let end = memchr::memchr(0, rest)?;
     Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
 }
