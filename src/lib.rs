@@ -16,4 +16,5 @@ pub mod policy;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod timers;
 pub mod upstream;

@@ -279,6 +279,47 @@ async fn connection_limit_and_oversized_messages() {
     env.connect("maria").await;
 }
 
+/// The handshake timeout ends connections that stall before a session starts (the session
+/// threads run it without a time driver of their own: `pgveil::timers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_closed_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start_with(|c| c.server.handshake_timeout_ms = 300).await;
+    let port = env.port();
+    // nothing sent; half a startup packet; a startup packet and then no password
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "admin"), ("database", "crm")],
+        &mut startup,
+    )
+    .unwrap();
+    for sent in [&b""[..], &b"\0\0\0\x08\0\x04"[..], &startup[..]] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(sent).await.unwrap();
+        let mut got = Vec::new();
+        // (the guard only keeps a broken build from hanging the suite)
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut got)).await;
+        assert!(
+            matches!(closed, Ok(Ok(_))),
+            "pgveil closes a stalled handshake ({} bytes sent)",
+            sent.len()
+        );
+        if sent.len() > 6 {
+            assert_eq!(
+                got.first(),
+                Some(&b'R'),
+                "asked for a password, then closed"
+            );
+        }
+    }
+    let admin = env.connect("admin").await;
+    let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_is_survived() {
     let env = Env::start().await;

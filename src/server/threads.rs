@@ -69,7 +69,8 @@ impl SessionThreads {
         let lanes: Arc<[Lane]> = (0..count).map(|_| Lane::new()).collect();
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
-            let rt = Builder::new_current_thread().enable_all().build()?;
+            // No time driver (see `crate::timers`): sessions time out through the main runtime.
+            let rt = Builder::new_current_thread().enable_io().build()?;
             handles.push(rt.handle().clone());
             let stop = stop.clone();
             let lanes = lanes.clone();

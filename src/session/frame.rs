@@ -81,10 +81,7 @@ mod tests {
             Err(FrameError::TooLarge(..))
         ));
         let bad = b"Q\0\0\0\x01";
-        assert_eq!(
-            next_frame(bad, 1024).unwrap_err(),
-            FrameError::BadLength(1)
-        );
+        assert_eq!(next_frame(bad, 1024).unwrap_err(), FrameError::BadLength(1));
         let mut partial = BytesMut::from(&b"Q\0\0\0\x09ab"[..]);
         assert!(next_frame(&partial, 1024).unwrap().is_none());
         reserve_rest(&mut partial);

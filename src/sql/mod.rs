@@ -778,15 +778,9 @@ impl EnforceCtx {
             max_depth: cfg.server.max_sql_depth,
         };
         if prepared {
-            Simple::Verdict(
-                self.server
-                    .rewrites
-                    .enforce(&limits, snap, eff, sql, true),
-            )
+            Simple::Verdict(self.server.rewrites.enforce(&limits, snap, eff, sql, true))
         } else {
-            self.server
-                .rewrites
-                .enforce_simple(&limits, snap, eff, sql)
+            self.server.rewrites.enforce_simple(&limits, snap, eff, sql)
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::config::{Config, UpstreamTls};
+use crate::timers::Timers;
 
 pub mod pool;
 
@@ -111,6 +112,8 @@ pub struct UpstreamTarget {
     pub connect_timeout: Duration,
     /// `server.tcp_keepalive_s`.
     keepalive_s: u64,
+    /// Where the connect and cancel timeouts run (session threads have no time driver).
+    timers: Timers,
 }
 
 impl std::fmt::Debug for UpstreamTarget {
@@ -139,17 +142,23 @@ impl UpstreamTarget {
             tls,
             connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
             keepalive_s: cfg.server.tcp_keepalive_s,
+            timers: Timers::current(),
         })
+    }
+
+    /// Timers that work on the session threads.
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     /// Open a TCP (and maybe TLS) stream.
     pub async fn open_stream(&self) -> Result<UpStream, UpstreamError> {
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout)??;
+        let connect = TcpStream::connect((self.host.as_str(), self.port));
+        let tcp = self
+            .timers
+            .timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
         crate::net::tune(&tcp, self.keepalive_s)?;
         match &self.tls {
             None => Ok(Either::Left(tcp)),
@@ -176,7 +185,8 @@ impl UpstreamTarget {
         params: &[(String, String)],
     ) -> Result<UpstreamConn, UpstreamError> {
         let fut = self.connect_inner(database, params);
-        tokio::time::timeout(self.connect_timeout, fut)
+        self.timers
+            .timeout(self.connect_timeout, fut)
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
@@ -282,7 +292,10 @@ impl UpstreamTarget {
         s.flush().await?;
         // PostgreSQL closes the connection without answering.
         let mut sink = [0u8; 16];
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+        let _ = self
+            .timers
+            .timeout(Duration::from_secs(2), s.read(&mut sink))
+            .await;
         Ok(())
     }
 }
