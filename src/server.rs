@@ -23,6 +23,7 @@ use crate::front::startup::{handshake, Handshake};
 use crate::policy::PolicyStore;
 use crate::session::{Detached, Outcome, Session};
 use crate::sql::RewriteCache;
+use crate::timers::Timers;
 use crate::upstream::pool::{Pool, PoolKey};
 use crate::upstream::{UpstreamConn, UpstreamError, UpstreamTarget};
 pub use threads::Lane;
@@ -82,6 +83,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
     threads: SessionThreads,
+    /// Timeouts for the session threads, which have no time driver (`crate::timers`).
+    pub timers: Timers,
 }
 
 impl Server {
@@ -121,6 +124,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             threads,
+            timers: Timers::current(),
         }))
     }
 

@@ -87,7 +87,7 @@ pub async fn handshake(
 ) -> Handshake {
     let timeout = server.config.handshake_timeout();
     let inner = handshake_inner(server, tcp, reject, shard);
-    match server.upstream.timers().timeout(timeout, inner).await {
+    match server.timers.timeout(timeout, inner).await {
         Ok(h) => h,
         Err(_) => {
             tracing::debug!("handshake timed out");

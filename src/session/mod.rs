@@ -393,7 +393,7 @@ async fn terminate<W: AsyncWrite + Unpin>(
     shared.units.begin_reset();
     up.write_all(&out).await?;
     up.flush().await?;
-    server.upstream.timers().sleep(RESET_TIMEOUT).await;
+    server.timers.sleep(RESET_TIMEOUT).await;
     tracing::debug!("upstream reset timed out");
     Ok(())
 }

@@ -146,11 +146,6 @@ impl UpstreamTarget {
         })
     }
 
-    /// Timers that work on the session threads.
-    pub fn timers(&self) -> &Timers {
-        &self.timers
-    }
-
     /// Open a TCP (and maybe TLS) stream.
     pub async fn open_stream(&self) -> Result<UpStream, UpstreamError> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
