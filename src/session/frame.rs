@@ -19,9 +19,8 @@ pub enum FrameError {
     TooLarge(usize, usize),
 }
 
-/// The length (tag included) of the complete message at the start of `buf`, if it is all
-/// there.
-pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+/// The complete message at the start of `buf`, if it is all there.
+pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<Frame<'_>>, FrameError> {
     let Some(len) = header_len(buf) else {
         return Ok(None);
     };
@@ -31,7 +30,10 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     if len > max {
         return Err(FrameError::TooLarge(len, max));
     }
-    Ok((buf.len() > len).then_some(len + 1))
+    Ok(buf.get(..=len).map(|bytes| Frame {
+        tag: bytes[0],
+        bytes,
+    }))
 }
 
 /// Reserve room for the rest of the (already bounded) message that starts `buf`, so that it
@@ -44,21 +46,10 @@ pub fn reserve_rest(buf: &mut BytesMut) {
     }
 }
 
-/// The length field of the message that starts `buf`.
-fn header_len(buf: &[u8]) -> Option<usize> {
+/// The length field of the message (frontend or backend) that starts `buf`.
+pub fn header_len(buf: &[u8]) -> Option<usize> {
     let h = buf.get(..5)?;
     Some(u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
-}
-
-impl<'a> Frame<'a> {
-    /// The message of `len` bytes (from [`next_frame`]) at the start of `buf`.
-    pub fn at(buf: &'a [u8], len: usize) -> Frame<'a> {
-        let bytes = &buf[..len];
-        Frame {
-            tag: bytes[0],
-            bytes,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -68,13 +59,13 @@ mod tests {
     #[test]
     fn frames_split_and_bound() {
         let b = BytesMut::from(&b"Q\0\0\0\x09abcd\0S\0\0\0\x04"[..]);
-        let n = next_frame(&b, 1024).unwrap().unwrap();
-        let f = Frame::at(&b, n);
+        let f = next_frame(&b, 1024).unwrap().unwrap();
         assert_eq!(f.tag, b'Q');
         assert_eq!(f.bytes, b"Q\0\0\0\x09abcd\0");
-        let m = next_frame(&b[n..], 1024).unwrap().unwrap();
-        assert_eq!(Frame::at(&b[n..], m).tag, b'S');
-        assert!(next_frame(&b[n + m..], 1024).unwrap().is_none());
+        let n = f.bytes.len();
+        let g = next_frame(&b[n..], 1024).unwrap().unwrap();
+        assert_eq!(g.tag, b'S');
+        assert!(next_frame(&b[n + g.bytes.len()..], 1024).unwrap().is_none());
         let big = b"Q\x7f\0\0\0";
         assert!(matches!(
             next_frame(big, 1024),

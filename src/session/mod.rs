@@ -41,7 +41,7 @@ use crate::server::{Lane, Server};
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
 use crate::upstream::{DetachedConn, UpstreamConn};
 use bound::{Statements, Units, NAME_PREFIX};
-use frame::{next_frame, reserve_rest, Frame};
+use frame::{header_len, next_frame, reserve_rest, Frame};
 pub use refusal::Refusals;
 
 /// How long pgveil waits for `DISCARD ALL` before it closes the upstream session instead.
@@ -336,9 +336,8 @@ where
         ctx.refresh();
         let mut done = 0;
         loop {
-            let rest = &buf[done..];
-            let len = match next_frame(rest, max) {
-                Ok(Some(len)) => len,
+            let frame = match next_frame(&buf[done..], max) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     // Oversized or malformed: forward what came before, then end the session.
@@ -346,7 +345,7 @@ where
                     return Err(e.into());
                 }
             };
-            let frame = Frame::at(rest, len);
+            let len = frame.bytes.len();
             if frame.tag == b'X' {
                 let out = std::mem::take(out);
                 return terminate(server, frame, shared, state, out, &mut up).await;
@@ -740,12 +739,13 @@ where
         reset,
     } = pump;
     loop {
-        let relayed = relay_upstream(buf, out, passthrough, reset, shared)?;
-        if let Some(reusable) = relayed.reset {
-            return Ok(UpstreamEnd::Reset(reusable));
+        match relay_upstream(buf, out, passthrough, reset, shared)? {
+            Relayed::More { used, need } => {
+                buf.advance(used);
+                buf.reserve(need);
+            }
+            Relayed::ResetDone(reusable) => return Ok(UpstreamEnd::Reset(reusable)),
         }
-        buf.advance(relayed.used);
-        buf.reserve(relayed.need);
         if !out.is_empty() {
             client.write_all(out).await?;
             out.clear();
@@ -766,13 +766,19 @@ where
 }
 
 /// What one pass over the upstream bytes read so far did.
-struct Relayed {
-    /// Bytes dealt with (relayed, replaced or dropped).
-    used: usize,
-    /// More room needed for a message that is relayed only once whole (an error).
-    need: usize,
+enum Relayed {
+    /// `used` bytes dealt with (relayed, replaced or dropped); `need` more bytes of room for
+    /// a message that is relayed only once whole (an error).
+    More { used: usize, need: usize },
     /// pgveil's reset ended: may the session be reused?
-    reset: Option<bool>,
+    ResetDone(bool),
+}
+
+/// Copy the bytes relayed as they are, `buf[*run..pos]`, into `out`; the run starts again
+/// at `pos`.
+fn end_run(out: &mut BytesMut, buf: &[u8], run: &mut usize, pos: usize) {
+    out.extend_from_slice(&buf[*run..pos]);
+    *run = pos;
 }
 
 /// Relay the complete messages in `buf` into `out` (and the part of a message being passed
@@ -799,11 +805,10 @@ fn relay_upstream(
             continue;
         }
         let rest = &buf[pos..];
-        let Some(head) = rest.get(..5) else {
+        let Some(len) = header_len(rest) else {
             break;
         };
-        let tag = head[0];
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let tag = rest[0];
         if len < 4 {
             return Err(SessionError::Protocol(
                 "invalid message length from upstream".into(),
@@ -811,18 +816,17 @@ fn relay_upstream(
         }
         let whole = rest.get(..=len);
         if units.resetting() {
-            out.extend_from_slice(&buf[run..pos]);
-            run = pos;
+            end_run(out, buf, &mut run, pos);
             let Some(msg) = whole else {
                 if len > RESET_MAX_MESSAGE {
-                    return Ok(Relayed::reset_done(pos, false));
+                    return Ok(Relayed::ResetDone(false));
                 }
                 break;
             };
             pos += msg.len();
             run = pos;
             if let Some(reusable) = reset.step(msg, units) {
-                return Ok(Relayed::reset_done(pos, reusable && pos == buf.len()));
+                return Ok(Relayed::ResetDone(reusable && pos == buf.len()));
             }
             continue;
         }
@@ -842,7 +846,7 @@ fn relay_upstream(
                 let Some(msg) = whole else {
                     break;
                 };
-                out.extend_from_slice(&buf[run..pos]);
+                end_run(out, buf, &mut run, pos);
                 pos += msg.len();
                 run = pos;
                 continue;
@@ -856,7 +860,7 @@ fn relay_upstream(
             need = len + 1 - rest.len();
             break;
         };
-        out.extend_from_slice(&buf[run..pos]);
+        end_run(out, buf, &mut run, pos);
         match shared.refusals.replace(msg) {
             Some(replacement) => out.extend_from_slice(&replacement),
             None => out.extend_from_slice(msg),
@@ -864,22 +868,8 @@ fn relay_upstream(
         pos += msg.len();
         run = pos;
     }
-    out.extend_from_slice(&buf[run..pos]);
-    Ok(Relayed {
-        used: pos,
-        need,
-        reset: None,
-    })
-}
-
-impl Relayed {
-    fn reset_done(used: usize, reusable: bool) -> Relayed {
-        Relayed {
-            used,
-            need: 0,
-            reset: Some(reusable),
-        }
-    }
+    end_run(out, buf, &mut run, pos);
+    Ok(Relayed::More { used: pos, need })
 }
 
 /// Largest message accepted while resetting (notices, notifications); anything bigger and
