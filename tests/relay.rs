@@ -279,6 +279,38 @@ async fn connection_limit_and_oversized_messages() {
     env.connect("maria").await;
 }
 
+/// A Query or Parse message whose text is not UTF-8 is answered as PostgreSQL answers it
+/// (22021) and the session goes on: forwarded as it is for an unrestricted user, refused by
+/// pgveil for a restricted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_is_an_error_not_a_disconnect() {
+    let env = Env::start().await;
+    let message = |tag: u8, parts: &[&[u8]]| {
+        let body: Vec<u8> = parts.concat();
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    };
+    let bad_query = message(b'Q', &[b"SELECT '\xff'", b"\0"]);
+    let bad_parse = message(b'P', &[b"\0", b"SELECT '\xc3\x28'", b"\0", b"\0\0"]);
+    let sync = message(b'S', &[]);
+    let good_query = message(b'Q', &[b"SELECT 1", b"\0"]);
+    for user in ["admin", "rita"] {
+        let mut raw = common::RawClient::login(env.port(), user).await;
+        raw.send(&bad_query).await;
+        assert_eq!(raw.until_ready().await, ["E22021", "ZI"], "{user}: Query");
+        raw.send(&[bad_parse.clone(), sync.clone()].concat()).await;
+        assert_eq!(raw.until_ready().await, ["E22021", "ZI"], "{user}: Parse");
+        raw.send(&good_query).await;
+        assert_eq!(
+            raw.until_ready().await,
+            ["T", "D", "C", "ZI"],
+            "{user}: the session goes on"
+        );
+    }
+}
+
 /// The handshake timeout ends connections that stall before a session starts (the session
 /// threads run it without a time driver of their own: `pgveil::timers`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

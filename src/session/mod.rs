@@ -430,15 +430,26 @@ fn handle_frame(
     let refusals = &shared.refusals;
     match frame.tag {
         b'Q' => {
-            let (query, _) = cstr(frame.bytes, 5)
-                .ok_or_else(|| SessionError::Protocol("malformed Query".into()))?;
-            let result = simple_query(frame.bytes, query, ctx, shared, state, out);
+            let result = if ctx.passes_unread(frame.bytes.get(5..).unwrap_or_default()) {
+                pass_query(frame.bytes, &mut state.statements, out);
+                Ok(())
+            } else if let Some((query, _)) = cstr(frame.bytes, 5) {
+                simple_query(frame.bytes, query, ctx, shared, state, out)
+            } else {
+                let error = not_utf8(frame.bytes, "Query")?;
+                state.statements.text_query();
+                encode(&Query::new(shared.refusals.statement_with(String::new(), error)), out)
+            };
             shared.units.sent();
             result
         }
         b'P' => {
-            let (name, query) = parse_name_and_query(frame.bytes)
-                .ok_or_else(|| SessionError::Protocol("malformed Parse".into()))?;
+            let Some((name, query)) = parse_name_and_query(frame.bytes) else {
+                let error = not_utf8(frame.bytes, "Parse")?;
+                state.statements.client_message(b'P', None, None);
+                let sql = refusals.statement_with(String::new(), error);
+                return encode(&Parse::new(None, sql, vec![]), out);
+            };
             state
                 .statements
                 .client_message(b'P', Some(name), Some(query));
@@ -551,10 +562,7 @@ fn simple_query(
     statements.client_query(query);
     let sql = match ctx.enforce_simple_parts(query) {
         Simple::Verdict(Verdict::PassThrough) => {
-            // Unrestricted now: whatever it does to prepared statements, pgveil starts afresh.
-            statements.forget_all();
-            statements.text_query();
-            out.extend_from_slice(msg);
+            pass_query(msg, statements, out);
             return Ok(());
         }
         Simple::Verdict(Verdict::Forward(sql)) => sql,
@@ -572,6 +580,14 @@ fn simple_query(
     };
     statements.text_query();
     encode(&Query::new(sql), out)
+}
+
+/// Forward the Query `msg` as it came.
+fn pass_query(msg: &[u8], statements: &mut Statements, out: &mut BytesMut) {
+    // Unrestricted now: whatever it does to prepared statements, pgveil starts afresh.
+    statements.forget_all();
+    statements.text_query();
+    out.extend_from_slice(msg);
 }
 
 /// Statement name of a Bind message.
@@ -616,6 +632,22 @@ fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
     }
     let end = memchr::memchr(0, rest)?;
     Some((std::str::from_utf8(&rest[..end]).ok()?, pos + end + 1))
+}
+
+/// Why the strings of message `msg` could not be read: text that is not UTF-8 is answered
+/// as PostgreSQL answers it (22021, the session goes on); anything else is malformed.
+fn not_utf8(msg: &[u8], what: &str) -> Result<ClientError, SessionError> {
+    let body = msg.get(5..).unwrap_or_default();
+    let Err(e) = std::str::from_utf8(body) else {
+        return Err(SessionError::Protocol(format!("malformed {what}")));
+    };
+    let at = e.valid_up_to();
+    let bad = &body[at..at + e.error_len().unwrap_or(body.len() - at).min(4)];
+    let bytes: Vec<String> = bad.iter().map(|b| format!("0x{b:02x}")).collect();
+    Ok(ClientError::Encoding(format!(
+        "invalid byte sequence for encoding \"UTF8\": {}",
+        bytes.join(" ")
+    )))
 }
 
 /// The Parse message `msg` (statement `name`, SQL `query`) with `sql` in place of its SQL:

@@ -719,6 +719,13 @@ impl EnforceCtx {
         !self.memo.eff.as_ref().is_some_and(|e| e.unrestricted)
     }
 
+    /// Does a statement with this text go upstream as it is, without being read? So for an
+    /// unrestricted user, unless it could be a password change (which pgveil answers
+    /// itself); PostgreSQL checks its encoding.
+    pub fn passes_unread(&self, sql: &[u8]) -> bool {
+        !self.is_restricted() && !password::may_change_password(sql)
+    }
+
     /// Enforce a Query message, keeping a cached template and its literals apart.
     pub fn enforce_simple_parts(&self, sql: &str) -> Simple {
         self.enforce_under(sql, false)

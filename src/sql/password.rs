@@ -24,18 +24,65 @@ pub struct PasswordCtx<'a> {
     pub catalog_upstream: bool,
 }
 
-/// Cheap pre-filter run on every statement: no allocation, case-insensitive.
-fn mentions_password(sql: &str) -> bool {
-    let b = sql.as_bytes();
+/// Could `sql` be the password change [`intercept`] handles? Cheap, run on every statement:
+/// the text must begin with ALTER (after blanks, comments and empty statements, as
+/// PostgreSQL and sqlparser read it) and mention PASSWORD anywhere. On doubt (an unterminated
+/// comment), yes: the parser decides.
+pub fn may_change_password(sql: &[u8]) -> bool {
+    may_start_with_alter(sql) && mentions_password(sql)
+}
+
+fn mentions_password(b: &[u8]) -> bool {
     memchr::memchr2_iter(b'p', b'P', b).any(|i| {
         b.get(i..i + 8)
             .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
     })
 }
 
+fn may_start_with_alter(sql: &[u8]) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = match rest {
+            [c, tail @ ..] if c.is_ascii_whitespace() || *c == 0x0b || *c == b';' => tail,
+            [b'-', b'-', tail @ ..] => match memchr::memchr2(b'\n', b'\r', tail) {
+                Some(end) => &tail[end + 1..],
+                None => return false, // a comment and nothing after it
+            },
+            [b'/', b'*', tail @ ..] => match after_block_comment(tail) {
+                Some(after) => after,
+                None => return true,
+            },
+            _ => return rest.get(..5).is_some_and(|w| w.eq_ignore_ascii_case(b"alter")),
+        };
+    }
+}
+
+/// What follows a (nested) block comment whose opening `/*` came just before `b`.
+fn after_block_comment(b: &[u8]) -> Option<&[u8]> {
+    let mut depth = 1usize;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(&b[i..]);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// If `sql` is a password change, the verdict for it.
 pub fn intercept(cx: &PasswordCtx<'_>, sql: &str) -> Option<Verdict> {
-    if !mentions_password(sql) {
+    if !may_change_password(sql.as_bytes()) {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -117,4 +164,36 @@ pub fn intercept(cx: &PasswordCtx<'_>, sql: &str) -> Option<Verdict> {
         literal(&verifier),
         literal(&target)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change_password;
+
+    #[test]
+    fn only_texts_beginning_with_alter_and_naming_a_password_pass_the_filter() {
+        let yes = [
+            "ALTER USER bob PASSWORD 'x'",
+            "  alter role bob with password 'x'",
+            ";; ALTER USER bob PASSWORD 'x'",
+            "-- note\nALTER USER bob PASSWORD 'x'",
+            "/* a /* nested */ comment */ALTER USER bob PASSWORD 'x'",
+            "\x0b\x0c\tAlTeR USER bob PaSsWoRd 'x'",
+            "/* unterminated ALTER USER bob PASSWORD 'x'", // doubt: the parser decides
+        ];
+        let no = [
+            "SELECT 'password' FROM t",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+            "ALTER TABLE t ADD COLUMN c int",
+            "-- ALTER USER bob PASSWORD 'x'",
+            "/* ALTER USER bob PASSWORD 'x' */ SELECT 1",
+            "",
+        ];
+        for sql in yes {
+            assert!(may_change_password(sql.as_bytes()), "{sql:?}");
+        }
+        for sql in no {
+            assert!(!may_change_password(sql.as_bytes()), "{sql:?}");
+        }
+    }
 }
