@@ -438,52 +438,15 @@ fn handle_frame(
             } else {
                 let error = not_utf8(frame.bytes, "Query")?;
                 state.statements.text_query();
-                encode(&Query::new(shared.refusals.statement_with(String::new(), error)), out)
+                encode(
+                    &Query::new(shared.refusals.statement_with(String::new(), error)),
+                    out,
+                )
             };
             shared.units.sent();
             result
         }
-        b'P' => {
-            let Some((name, query)) = parse_name_and_query(frame.bytes) else {
-                let error = not_utf8(frame.bytes, "Parse")?;
-                state.statements.client_message(b'P', None, None);
-                let sql = refusals.statement_with(String::new(), error);
-                return encode(&Parse::new(None, sql, vec![]), out);
-            };
-            state
-                .statements
-                .client_message(b'P', Some(name), Some(query));
-            let (verdict, stamp) = if reserved(name, ctx) {
-                (
-                    Verdict::Refuse {
-                        prefix: String::new(),
-                        error: reserved_name(),
-                    },
-                    ctx.stamp(),
-                )
-            } else {
-                ctx.enforce_prepared_stamped(query)
-            };
-            let prepared = &mut state.prepared;
-            match verdict {
-                Verdict::PassThrough => {
-                    state.statements.forget_all(); // unrestricted now, as for a Query
-                    prepared.insert(name, query, None, stamp);
-                    out.extend_from_slice(frame.bytes);
-                    Ok(())
-                }
-                Verdict::Forward(sql) => {
-                    with_query(frame.bytes, name, query, &sql, out)?;
-                    prepared.insert(name, query, Some(sql), stamp);
-                    Ok(())
-                }
-                Verdict::Refuse { error, .. } => {
-                    prepared.remove(name);
-                    let sql = refusals.statement_with(String::new(), error);
-                    encode(&Parse::new(None, sql, vec![]), out)
-                }
-            }
-        }
+        b'P' => parse_message(frame.bytes, ctx, refusals, state, out),
         b'B' => {
             let stmt = bind_statement(frame.bytes);
             state.statements.client_message(b'B', stmt, None);
@@ -582,6 +545,63 @@ fn simple_query(
     encode(&Query::new(sql), out)
 }
 
+/// A Parse: enforced, and remembered with the policy it was enforced under (Bind checks
+/// it again under a newer one).
+fn parse_message(
+    msg: &[u8],
+    ctx: &EnforceCtx,
+    refusals: &Refusals,
+    state: &mut ClientState,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let Some((name, query)) = parse_name_and_query(msg) else {
+        state.statements.client_message(b'P', None, None);
+        return refuse_parse(refusals, not_utf8(msg, "Parse")?, out);
+    };
+    let reserved = reserved(name, ctx);
+    let unread = !reserved && ctx.passes_unread(query);
+    let text = if unread {
+        None
+    } else {
+        std::str::from_utf8(query).ok()
+    };
+    state.statements.client_message(b'P', Some(name), text);
+    let verdict = match text {
+        _ if reserved => Err(reserved_name()),
+        _ if unread => Ok(Verdict::PassThrough),
+        Some(text) => Ok(ctx.enforce_prepared(text)),
+        None => Err(encoding_error(query)),
+    };
+    let prepared = &mut state.prepared;
+    match verdict {
+        Ok(Verdict::PassThrough) => {
+            state.statements.forget_all(); // unrestricted now, as for a Query
+            prepared.insert(name, query, None, ctx.stamp());
+            out.extend_from_slice(msg);
+            Ok(())
+        }
+        Ok(Verdict::Forward(sql)) => {
+            with_query(msg, name, query, &sql, out)?;
+            prepared.insert(name, query, Some(sql), ctx.stamp());
+            Ok(())
+        }
+        Ok(Verdict::Refuse { error, .. }) | Err(error) => {
+            prepared.remove(name);
+            refuse_parse(refusals, error, out)
+        }
+    }
+}
+
+/// A Parse that creates no statement upstream, only the refusal's error.
+fn refuse_parse(
+    refusals: &Refusals,
+    error: ClientError,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    let sql = refusals.statement_with(String::new(), error);
+    encode(&Parse::new(None, sql, vec![]), out)
+}
+
 /// Forward the Query `msg` as it came.
 fn pass_query(msg: &[u8], statements: &mut Statements, out: &mut BytesMut) {
     // Unrestricted now: whatever it does to prepared statements, pgveil starts afresh.
@@ -617,7 +637,8 @@ struct Prepared {
 }
 
 struct PreparedEntry {
-    original: String,
+    /// The SQL as the client sent it (read as text only if enforced again).
+    original: Vec<u8>,
     /// What was sent upstream, when it differs from `original`.
     rewritten: Option<String>,
     /// The policy it was enforced under.
@@ -638,16 +659,27 @@ fn cstr(b: &[u8], pos: usize) -> Option<(&str, usize)> {
 /// as PostgreSQL answers it (22021, the session goes on); anything else is malformed.
 fn not_utf8(msg: &[u8], what: &str) -> Result<ClientError, SessionError> {
     let body = msg.get(5..).unwrap_or_default();
-    let Err(e) = std::str::from_utf8(body) else {
-        return Err(SessionError::Protocol(format!("malformed {what}")));
-    };
-    let at = e.valid_up_to();
-    let bad = &body[at..at + e.error_len().unwrap_or(body.len() - at).min(4)];
-    let bytes: Vec<String> = bad.iter().map(|b| format!("0x{b:02x}")).collect();
-    Ok(ClientError::Encoding(format!(
+    match std::str::from_utf8(body) {
+        Ok(_) => Err(SessionError::Protocol(format!("malformed {what}"))),
+        Err(_) => Ok(encoding_error(body)),
+    }
+}
+
+/// PostgreSQL's error for `text` that is not UTF-8, naming the first bad bytes.
+fn encoding_error(text: &[u8]) -> ClientError {
+    let at = std::str::from_utf8(text)
+        .err()
+        .map_or(0, |e| e.valid_up_to());
+    let end = text.len().min(at + 4);
+    let end = std::str::from_utf8(&text[at..end])
+        .err()
+        .and_then(|e| e.error_len())
+        .map_or(end, |n| at + n);
+    let bytes: Vec<String> = text[at..end].iter().map(|b| format!("0x{b:02x}")).collect();
+    ClientError::Encoding(format!(
         "invalid byte sequence for encoding \"UTF8\": {}",
         bytes.join(" ")
-    )))
+    ))
 }
 
 /// The Parse message `msg` (statement `name`, SQL `query`) with `sql` in place of its SQL:
@@ -655,7 +687,7 @@ fn not_utf8(msg: &[u8], what: &str) -> Result<ClientError, SessionError> {
 fn with_query(
     msg: &[u8],
     name: &str,
-    query: &str,
+    query: &[u8],
     sql: &str,
     out: &mut BytesMut,
 ) -> Result<(), SessionError> {
@@ -672,11 +704,12 @@ fn with_query(
     Ok(())
 }
 
-/// Statement name and SQL of a Parse message (tag and length included), without copying.
-fn parse_name_and_query(msg: &[u8]) -> Option<(&str, &str)> {
+/// Statement name and SQL of a Parse message (tag and length included), without copying;
+/// the SQL is read as text only where it must be.
+fn parse_name_and_query(msg: &[u8]) -> Option<(&str, &[u8])> {
     let (name, next) = cstr(msg, 5)?;
-    let (query, _) = cstr(msg, next)?;
-    Some((name, query))
+    let rest = msg.get(next..)?;
+    Some((name, &rest[..memchr::memchr(0, rest)?]))
 }
 
 impl Prepared {
@@ -691,14 +724,14 @@ impl Prepared {
     fn insert(
         &mut self,
         name: &str,
-        original: &str,
+        original: &[u8],
         rewritten: Option<String>,
         stamp: PolicyStamp,
     ) {
         // The unnamed statement is replaced on every Parse: reuse its buffer.
         if let Some(slot) = self.get_mut(name) {
             slot.original.clear();
-            slot.original.push_str(original);
+            slot.original.extend_from_slice(original);
             slot.rewritten = rewritten;
             slot.stamp = stamp;
             return;
@@ -741,14 +774,16 @@ impl Prepared {
         if entry.stamp == ctx.stamp() {
             return Ok(());
         }
-        let (verdict, stamp) = ctx.enforce_prepared_stamped(&entry.original);
-        let now = match verdict {
+        let Ok(text) = std::str::from_utf8(&entry.original) else {
+            return Err(encoding_error(&entry.original));
+        };
+        let now = match ctx.enforce_prepared(text) {
             Verdict::PassThrough => None,
             Verdict::Forward(sql) => Some(sql),
             Verdict::Refuse { error, .. } => return Err(error),
         };
         if now == entry.rewritten {
-            entry.stamp = stamp;
+            entry.stamp = ctx.stamp();
             Ok(())
         } else {
             Err(ClientError::Denied {

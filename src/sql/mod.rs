@@ -731,9 +731,9 @@ impl EnforceCtx {
         self.enforce_under(sql, false)
     }
 
-    /// Enforce a Parse, with the policy it was enforced under.
-    pub fn enforce_prepared_stamped(&self, sql: &str) -> (Verdict, PolicyStamp) {
-        (self.enforce_under(sql, true).into_verdict(), self.stamp())
+    /// Enforce a Parse (under the policy of [`EnforceCtx::stamp`]).
+    pub fn enforce_prepared(&self, sql: &str) -> Verdict {
+        self.enforce_under(sql, true).into_verdict()
     }
 
     /// Enforce under the policy in the memo.

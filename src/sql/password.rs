@@ -52,7 +52,11 @@ fn may_start_with_alter(sql: &[u8]) -> bool {
                 Some(after) => after,
                 None => return true,
             },
-            _ => return rest.get(..5).is_some_and(|w| w.eq_ignore_ascii_case(b"alter")),
+            _ => {
+                return rest
+                    .get(..5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"alter"))
+            }
         };
     }
 }
