@@ -633,7 +633,9 @@ struct Prepared {
     /// The unnamed statement, kept apart: drivers replace it on almost every query, and this
     /// way that hashes nothing.
     unnamed: Option<PreparedEntry>,
-    named: std::collections::HashMap<String, PreparedEntry>,
+    /// (foldhash, randomly seeded: names come from the client, and SipHash cost more than
+    /// the rest of a Bind)
+    named: foldhash::HashMap<String, PreparedEntry>,
 }
 
 struct PreparedEntry {
@@ -829,7 +831,10 @@ where
     } = pump;
     loop {
         match relay_upstream(buf, out, passthrough, reset, shared)? {
-            Relayed::More { used, need } => {
+            Relayed::More { used, need, direct } => {
+                if direct {
+                    client.write_all(&buf[..used]).await?;
+                }
                 buf.advance(used);
                 buf.reserve(need);
             }
@@ -858,7 +863,13 @@ where
 enum Relayed {
     /// `used` bytes dealt with (relayed, replaced or dropped); `need` more bytes of room for
     /// a message that is relayed only once whole (an error).
-    More { used: usize, need: usize },
+    /// `direct`: `buf[..used]` goes to the client as it is, straight from the read buffer
+    /// (nothing was put in `out`: the common case, no copy).
+    More {
+        used: usize,
+        need: usize,
+        direct: bool,
+    },
     /// pgveil's reset ended: may the session be reused?
     ResetDone(bool),
 }
@@ -871,7 +882,8 @@ fn end_run(out: &mut BytesMut, buf: &[u8], run: &mut usize, pos: usize) {
 }
 
 /// Relay the complete messages in `buf` into `out` (and the part of a message being passed
-/// through): runs of messages that go as they are are copied in one piece.
+/// through): runs of messages that go as they are are copied in one piece, and when all of
+/// it goes as it is, nothing is copied (`direct`).
 fn relay_upstream(
     buf: &[u8],
     out: &mut BytesMut,
@@ -957,8 +969,15 @@ fn relay_upstream(
         pos += msg.len();
         run = pos;
     }
-    end_run(out, buf, &mut run, pos);
-    Ok(Relayed::More { used: pos, need })
+    let direct = run == 0 && out.is_empty();
+    if !direct {
+        end_run(out, buf, &mut run, pos);
+    }
+    Ok(Relayed::More {
+        used: pos,
+        need,
+        direct,
+    })
 }
 
 /// Largest message accepted while resetting (notices, notifications); anything bigger and
