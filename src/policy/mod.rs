@@ -31,6 +31,9 @@ pub struct PolicyStore {
     snapshot: ArcSwap<Snapshot>,
     cache: moka::sync::Cache<EffKey, Arc<Effective>>,
     next_generation: AtomicU64,
+    /// The generation of the installed snapshot, readable with one atomic load (sessions
+    /// check it on every batch of messages).
+    generation: AtomicU64,
     /// Reloads looked at (installed or found unchanged): lets callers see a reload happened.
     reloads_checked: AtomicU64,
 }
@@ -56,6 +59,7 @@ impl PolicyStore {
             snapshot: ArcSwap::from_pointee(first),
             cache: moka::sync::Cache::new(capacity),
             next_generation: AtomicU64::new(2),
+            generation: AtomicU64::new(1),
             reloads_checked: AtomicU64::new(0),
         }
     }
@@ -65,10 +69,10 @@ impl PolicyStore {
         self.snapshot.load_full()
     }
 
-    /// The current catalog generation (without taking a reference to the snapshot, whose
+    /// The current catalog generation (without touching the snapshot, whose reference
     /// count every session would share).
     pub fn generation(&self) -> u64 {
-        self.snapshot.load().generation
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Install a freshly loaded catalog unless it equals the current one. Returns the new
@@ -106,6 +110,8 @@ impl PolicyStore {
         let snap =
             Snapshot::new(generation, catalog, relations).with_relations_tracked(relations_tracked);
         self.snapshot.store(Arc::new(snap));
+        // after the snapshot: whoever sees the new generation loads the new snapshot
+        self.generation.store(generation, Ordering::Release);
         self.cache.invalidate_all();
         generation
     }

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlparser::ast::{Expr, Query, SelectItem, Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -641,8 +642,8 @@ pub struct EnforceCtx {
     server: Arc<Server>,
     user: String,
     ip: Option<IpAddr>,
-    /// The user's effective policy, reused within one catalog generation and one wall-clock
-    /// second (role validity and time windows are evaluated at most a second late).
+    /// The user's effective policy, reused within one catalog generation for up to a second
+    /// (role validity and time windows are evaluated at most a second late).
     memo: EffMemo,
     /// Bumped whenever `memo` changes to another compiled policy object (for stamps).
     epoch: u64,
@@ -650,7 +651,8 @@ pub struct EnforceCtx {
 
 struct EffMemo {
     snap: Arc<Snapshot>,
-    second: u64,
+    /// Evaluated again from then on.
+    until: Instant,
     eff: Option<Arc<Effective>>,
 }
 
@@ -667,7 +669,7 @@ impl EnforceCtx {
     pub fn new(server: Arc<Server>, user: String, ip: Option<IpAddr>) -> Self {
         let memo = EffMemo {
             snap: server.store.snapshot(),
-            second: u64::MAX, // never current: the first statement evaluates the policy
+            until: Instant::now(), // already past: the first batch evaluates the policy
             eff: None,
         };
         EnforceCtx {
@@ -682,15 +684,12 @@ impl EnforceCtx {
     /// Bring the policy up to date; the client pump calls this once per batch of messages
     /// (what one read brought), and everything else uses what it found. Until the first call
     /// the user counts as unknown, so statements are refused. The common case (same
-    /// generation, same second) reads an atomic and the clock; it clones no `Arc`, whose
+    /// generation, within the second) reads an atomic and the clock; it clones no `Arc`, whose
     /// counts every session would share.
     pub fn refresh(&mut self) {
         let store = &self.server.store;
-        // The memo check needs only the second; a calendar time only when re-evaluating.
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.memo.second == second && self.memo.snap.generation == store.generation() {
+        let now = Instant::now();
+        if now < self.memo.until && self.memo.snap.generation == store.generation() {
             return;
         }
         let snap = store.snapshot();
@@ -703,7 +702,11 @@ impl EnforceCtx {
         if !same {
             self.epoch += 1;
         }
-        self.memo = EffMemo { snap, second, eff };
+        self.memo = EffMemo {
+            snap,
+            until: now + Duration::from_secs(1),
+            eff,
+        };
     }
 
     /// The policy statements are enforced under (as of the last [`EnforceCtx::refresh`]).
