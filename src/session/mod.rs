@@ -357,23 +357,28 @@ where
         // once per read.
         ctx.refresh();
         let mut done = 0;
+        let mut sending = Outgoing::new(buf, out);
         loop {
             let frame = match next_frame(&buf[done..], max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     // Oversized or malformed: forward what came before, then end the session.
-                    up.write_all(out).await?;
+                    up.write_all(sending.bytes()).await?;
                     return Err(e.into());
                 }
             };
             let len = frame.bytes.len();
             if frame.tag == b'X' {
-                let out = std::mem::take(out);
+                let out = std::mem::take(sending.bytes());
                 return terminate(server, frame, shared, state, out, &mut up).await;
             }
-            handle_frame(frame, ctx, shared, state, out)?;
+            handle_frame(frame, ctx, shared, state, &mut sending)?;
             done += len;
+        }
+        let direct = sending.finish();
+        if !direct.is_empty() {
+            up.write_all(&buf[direct]).await?;
         }
         buf.advance(done);
         reserve_rest(buf);
@@ -419,13 +424,69 @@ async fn terminate<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// What goes upstream from one batch of client messages. Runs of messages forwarded as they
+/// are stay where they lie in the read buffer (`src`) until something else has to follow
+/// them; when nothing else does, they are written straight from there (no copy).
+struct Outgoing<'a> {
+    src: &'a [u8],
+    /// The run of `src` not yet copied into `out`.
+    run: std::ops::Range<usize>,
+    out: &'a mut BytesMut,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(src: &'a [u8], out: &'a mut BytesMut) -> Self {
+        Outgoing {
+            src,
+            run: 0..0,
+            out,
+        }
+    }
+
+    /// Forward `msg` as it is (a message of `src`; anything else is copied).
+    fn pass(&mut self, msg: &[u8]) {
+        let at = msg.as_ptr().addr().wrapping_sub(self.src.as_ptr().addr());
+        if at == self.run.end && msg.len() <= self.src.len() - at {
+            self.run.end += msg.len();
+            return;
+        }
+        self.flush();
+        if at <= self.src.len() && msg.len() <= self.src.len() - at {
+            self.run = at..at + msg.len();
+        } else {
+            self.out.extend_from_slice(msg);
+        }
+    }
+
+    /// Where other bytes go (after everything passed so far).
+    fn bytes(&mut self) -> &mut BytesMut {
+        self.flush();
+        self.out
+    }
+
+    fn flush(&mut self) {
+        self.out.extend_from_slice(&self.src[self.run.clone()]);
+        self.run = self.run.end..self.run.end;
+    }
+
+    /// The part of `src` to write as it is, when nothing else was written; otherwise
+    /// everything is in `out` and the range is empty.
+    fn finish(mut self) -> std::ops::Range<usize> {
+        if self.out.is_empty() {
+            return self.run;
+        }
+        self.flush();
+        0..0
+    }
+}
+
 /// Forward or rewrite one frontend message into `out`.
 fn handle_frame(
     frame: Frame<'_>,
     ctx: &EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
-    out: &mut BytesMut,
+    out: &mut Outgoing<'_>,
 ) -> Result<(), SessionError> {
     let refusals = &shared.refusals;
     match frame.tag {
@@ -440,7 +501,7 @@ fn handle_frame(
                 state.statements.text_query();
                 encode(
                     &Query::new(shared.refusals.statement_with(String::new(), error)),
-                    out,
+                    out.bytes(),
                 )
             };
             shared.units.sent();
@@ -458,33 +519,23 @@ fn handle_frame(
             };
             match checked {
                 Ok(()) => {
-                    out.extend_from_slice(frame.bytes);
+                    out.pass(frame.bytes);
                     Ok(())
                 }
-                Err(error) => encode(
-                    &Parse::new(None, refusals.statement_with(String::new(), error), vec![]),
-                    out,
-                ),
+                Err(error) => refuse_parse(refusals, error, out.bytes()),
             }
         }
         b'D' if frame.bytes.get(5) == Some(&b'S')
             && cstr(frame.bytes, 6).is_some_and(|(n, _)| reserved(n, ctx)) =>
         {
             state.statements.client_message(b'D', None, None);
-            encode(
-                &Parse::new(
-                    None,
-                    refusals.statement_with(String::new(), reserved_name()),
-                    vec![],
-                ),
-                out,
-            )
+            refuse_parse(refusals, reserved_name(), out.bytes())
         }
         b'C' => {
             let name = cstr(frame.bytes, 6).map(|(n, _)| n);
             state.statements.client_message(b'C', name, None);
             state.prepared.closed(frame.bytes);
-            out.extend_from_slice(frame.bytes);
+            out.pass(frame.bytes);
             Ok(())
         }
         b'F' if ctx.is_restricted() => {
@@ -495,7 +546,7 @@ fn handle_frame(
             );
             encode(
                 &Query::new(refusals.statement_with(String::new(), err)),
-                out,
+                out.bytes(),
             )
         }
         tag => {
@@ -506,7 +557,7 @@ fn handle_frame(
                 state.statements.forget_all(); // an unrestricted function call may run any SQL
             }
             state.statements.client_message(tag, None, None);
-            out.extend_from_slice(frame.bytes);
+            out.pass(frame.bytes);
             Ok(())
         }
     }
@@ -519,7 +570,7 @@ fn simple_query(
     ctx: &EnforceCtx,
     shared: &Shared,
     state: &mut ClientState,
-    out: &mut BytesMut,
+    out: &mut Outgoing<'_>,
 ) -> Result<(), SessionError> {
     let statements = &mut state.statements;
     statements.client_query(query);
@@ -534,7 +585,7 @@ fn simple_query(
         }
         Simple::Template(t) => {
             if let Some((plan, params)) = t.bind_plan() {
-                if statements.bind(&shared.units, plan, params, out)? {
+                if statements.bind(&shared.units, plan, params, out.bytes())? {
                     return Ok(());
                 }
             }
@@ -542,7 +593,7 @@ fn simple_query(
         }
     };
     statements.text_query();
-    encode(&Query::new(sql), out)
+    encode(&Query::new(sql), out.bytes())
 }
 
 /// A Parse: enforced, and remembered with the policy it was enforced under (Bind checks
@@ -552,11 +603,11 @@ fn parse_message(
     ctx: &EnforceCtx,
     refusals: &Refusals,
     state: &mut ClientState,
-    out: &mut BytesMut,
+    out: &mut Outgoing<'_>,
 ) -> Result<(), SessionError> {
     let Some((name, query)) = parse_name_and_query(msg) else {
         state.statements.client_message(b'P', None, None);
-        return refuse_parse(refusals, not_utf8(msg, "Parse")?, out);
+        return refuse_parse(refusals, not_utf8(msg, "Parse")?, out.bytes());
     };
     let reserved = reserved(name, ctx);
     let unread = !reserved && ctx.passes_unread(query);
@@ -577,17 +628,17 @@ fn parse_message(
         Ok(Verdict::PassThrough) => {
             state.statements.forget_all(); // unrestricted now, as for a Query
             prepared.insert(name, query, None, ctx.stamp());
-            out.extend_from_slice(msg);
+            out.pass(msg);
             Ok(())
         }
         Ok(Verdict::Forward(sql)) => {
-            with_query(msg, name, query, &sql, out)?;
+            with_query(msg, name, query, &sql, out.bytes())?;
             prepared.insert(name, query, Some(sql), ctx.stamp());
             Ok(())
         }
         Ok(Verdict::Refuse { error, .. }) | Err(error) => {
             prepared.remove(name);
-            refuse_parse(refusals, error, out)
+            refuse_parse(refusals, error, out.bytes())
         }
     }
 }
@@ -603,11 +654,11 @@ fn refuse_parse(
 }
 
 /// Forward the Query `msg` as it came.
-fn pass_query(msg: &[u8], statements: &mut Statements, out: &mut BytesMut) {
+fn pass_query(msg: &[u8], statements: &mut Statements, out: &mut Outgoing<'_>) {
     // Unrestricted now: whatever it does to prepared statements, pgveil starts afresh.
     statements.forget_all();
     statements.text_query();
-    out.extend_from_slice(msg);
+    out.pass(msg);
 }
 
 /// Statement name of a Bind message.
@@ -1023,6 +1074,28 @@ impl ResetCheck {
 mod tests {
     use super::*;
     use pgwire::messages::DecodeContext;
+
+    /// Messages passed as they are stay in the read buffer while nothing else follows them;
+    /// anything written in between keeps the order.
+    #[test]
+    fn outgoing_keeps_order_and_copies_only_when_needed() {
+        let src = b"AAAABBBBCCCCDDDD".to_vec();
+        let mut out = BytesMut::new();
+        let mut o = Outgoing::new(&src, &mut out);
+        o.pass(&src[0..4]);
+        o.pass(&src[4..8]);
+        assert_eq!(o.finish(), 0..8);
+        assert!(out.is_empty());
+
+        let mut o = Outgoing::new(&src, &mut out);
+        o.pass(&src[0..4]);
+        o.bytes().extend_from_slice(b"xx");
+        o.pass(&src[8..12]); // not next to the run: a new run
+        o.pass(b"elsewhere"); // not in src: copied
+        o.pass(&src[12..16]);
+        assert_eq!(o.finish(), 0..0);
+        assert_eq!(&out[..], b"AAAAxxCCCCelsewhereDDDD");
+    }
 
     /// A rewritten Parse keeps its statement name and parameter types, byte for byte.
     #[test]
