@@ -77,14 +77,17 @@ fn node_packages() -> PathBuf {
 const PGJDBC: &str = "/usr/share/java/postgresql.jar";
 
 /// Run a client program (`cmd` + `args`, then port, user, password) as `user`; its JSON.
-async fn client(env: &Env, cmd: &mut tokio::process::Command, user: &str) -> Value {
-    let out = cmd
-        .arg(env.port().to_string())
+async fn client(env: &Env, mut cmd: Command, user: &str) -> Value {
+    cmd.arg(env.port().to_string())
         .arg(user)
-        .arg(pgveil::demo::password(user))
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        .arg(pgveil::demo::password(user));
+    let (cmd, out) = tokio::task::spawn_blocking(move || {
+        let out = cmd.output();
+        (cmd, out)
+    })
+    .await
+    .unwrap();
+    let out = out.unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} as {user}: {}",
@@ -99,16 +102,16 @@ fn script(name: &str) -> String {
 }
 
 async fn python_client(env: &Env, packages: &PathBuf, user: &str) -> Value {
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = Command::new("python3");
     cmd.arg(script("psycopg_client.py"))
         .env("PYTHONPATH", packages);
-    client(env, &mut cmd, user).await
+    client(env, cmd, user).await
 }
 
 async fn node_client(env: &Env, modules: &PathBuf, user: &str) -> Value {
-    let mut cmd = tokio::process::Command::new("node");
+    let mut cmd = Command::new("node");
     cmd.arg(script("node_client.js")).env("NODE_PATH", modules);
-    client(env, &mut cmd, user).await
+    client(env, cmd, user).await
 }
 
 async fn jdbc_client(env: &Env, user: &str) -> Value {
@@ -116,9 +119,9 @@ async fn jdbc_client(env: &Env, user: &str) -> Value {
         std::path::Path::new(PGJDBC).exists(),
         "{PGJDBC} missing: install Debian's libpostgresql-jdbc-java (.ci/run does)"
     );
-    let mut cmd = tokio::process::Command::new("java");
+    let mut cmd = Command::new("java");
     cmd.args(["-cp", PGJDBC]).arg(script("JdbcClient.java"));
-    client(env, &mut cmd, user).await
+    client(env, cmd, user).await
 }
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {

@@ -481,7 +481,7 @@ async fn tls_with_channel_binding_and_require_tls() {
     let base = format!("host=127.0.0.1 port={} user=rita dbname=crm", env.port());
     // a TLS session is never moved between session threads, however often that is asked
     let server = env.running.server.clone();
-    let mut psql = tokio::process::Command::new(env.pg.bin_dir().join("psql"));
+    let mut psql = std::process::Command::new(env.pg.bin_dir().join("psql"));
     psql.arg(format!("{base} sslmode=require"))
         .args([
             "-X",
@@ -492,7 +492,7 @@ async fn tls_with_channel_binding_and_require_tls() {
             "SELECT count(*) FROM products",
         ])
         .env("PGPASSWORD", pgveil::demo::password("rita"));
-    let running = psql.output();
+    let running = tokio::task::spawn_blocking(move || psql.output());
     let asking = async {
         loop {
             server.move_sessions(0, 1, 100);
@@ -501,7 +501,7 @@ async fn tls_with_channel_binding_and_require_tls() {
         }
     };
     let out = tokio::select! {
-        out = running => out.unwrap(),
+        out = running => out.unwrap().unwrap(),
         () = asking => unreachable!(),
     };
     assert!(
