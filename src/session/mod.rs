@@ -444,6 +444,7 @@ impl<'a> Outgoing<'a> {
     }
 
     /// Forward `msg` as it is (a message of `src`; anything else is copied).
+    #[inline]
     fn pass(&mut self, msg: &[u8]) {
         let at = msg.as_ptr().addr().wrapping_sub(self.src.as_ptr().addr());
         if at == self.run.end && msg.len() <= self.src.len() - at {
