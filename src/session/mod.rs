@@ -499,11 +499,7 @@ fn handle_frame(
                 simple_query(frame.bytes, query, ctx, shared, state, out)
             } else {
                 let error = not_utf8(frame.bytes, "Query")?;
-                state.statements.text_query();
-                encode(
-                    &Query::new(shared.refusals.statement_with(String::new(), error)),
-                    out.bytes(),
-                )
+                refuse_query(refusals, &mut state.statements, error, out.bytes())
             };
             shared.units.sent();
             result
@@ -545,10 +541,7 @@ fn handle_frame(
             let err = ClientError::unsupported(
                 "pgveil does not allow fast-path function calls for restricted users",
             );
-            encode(
-                &Query::new(refusals.statement_with(String::new(), err)),
-                out.bytes(),
-            )
+            refuse_query(refusals, &mut state.statements, err, out.bytes())
         }
         tag => {
             if matches!(tag, b'S' | b'F') {
@@ -642,6 +635,21 @@ fn parse_message(
             refuse_parse(refusals, error, out.bytes())
         }
     }
+}
+
+/// A Query whose only effect upstream is the refusal's error (and, as for any Query, the
+/// end of the unnamed statement).
+fn refuse_query(
+    refusals: &Refusals,
+    statements: &mut Statements,
+    error: ClientError,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
+    statements.text_query();
+    encode(
+        &Query::new(refusals.statement_with(String::new(), error)),
+        out,
+    )
 }
 
 /// A Parse that creates no statement upstream, only the refusal's error.
