@@ -160,7 +160,7 @@ fn paired_ratios(
     runs: &[Vec<Option<Outcome>>],
     a: &str,
     b: &str,
-) -> Option<(String, f64)> {
+) -> Option<Paired> {
     let at = |n: &str| targets.iter().position(|t| t.name == n);
     let (a, b) = (&runs[at(a)?], &runs[at(b)?]);
     let mut ratios: Vec<f64> = a
@@ -174,8 +174,38 @@ fn paired_ratios(
         .collect::<Vec<_>>()
         .join(" ");
     ratios.sort_by(f64::total_cmp);
-    let mid = *ratios.get(ratios.len() / 2)?;
-    Some((each, mid))
+    let median = *ratios.get(ratios.len() / 2)?;
+    Some(Paired {
+        each,
+        median,
+        interval: median_interval(&ratios),
+    })
+}
+
+/// The paired ratios of one workload: each round's, their median, and a 95% interval for it.
+struct Paired {
+    each: String,
+    median: f64,
+    interval: Option<(f64, f64)>,
+}
+
+/// A distribution-free interval of at least 95% confidence for the median of `sorted`
+/// (order statistics k and n+1-k, with k the largest such that fewer than k of n values
+/// fall below the median with probability at most 2.5%); None below 6 values.
+fn median_interval(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    let mut below = 0.0; // P(Binomial(n, 1/2) <= k - 1)
+    let mut term = 0.5f64.powi(i32::try_from(n).ok()?); // C(n, i) / 2^n for i = 0
+    let mut k = 0;
+    for i in 0..n {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        k = i + 1;
+        term = term * (n - i) as f64 / (i + 1) as f64;
+    }
+    (k >= 1).then(|| (sorted[k - 1], sorted[n - k]))
 }
 
 /// The run with the median TPS (its own latency goes with it).
@@ -678,10 +708,13 @@ fn timed_runs(bin: &Path, targets: &[Target], seconds: u32) {
                     t.name, o.tps, o.latency_ms, ratio, added, vs_base
                 );
             }
-            if let Some((each, mid)) = paired {
+            if let Some(p) = paired {
+                let interval = p.interval.map_or_else(String::new, |(lo, hi)| {
+                    format!(", 95% interval {lo:.3} to {hi:.3}")
+                });
                 println!(
-                    "{:<31} pgveil/pgbouncer TPS round by round: {each} (median {mid:.3})",
-                    ""
+                    "{:<31} pgveil/pgbouncer TPS round by round: {} (median {:.3}{interval})",
+                    "", p.each, p.median
                 );
             }
         }
