@@ -81,16 +81,14 @@ async fn client(env: &Env, mut cmd: Command, user: &str) -> Value {
     cmd.arg(env.port().to_string())
         .arg(user)
         .arg(pgveil::demo::password(user));
-    let (cmd, out) = tokio::task::spawn_blocking(move || {
-        let out = cmd.output();
-        (cmd, out)
-    })
-    .await
-    .unwrap();
-    let out = out.unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let shown = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} as {user}: {}",
+        "{shown} as {user}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout)

@@ -729,15 +729,14 @@ fn not_utf8(msg: &[u8], what: &str) -> Result<ClientError, SessionError> {
 
 /// PostgreSQL's error for `text` that is not UTF-8, naming the first bad bytes.
 fn encoding_error(text: &[u8]) -> ClientError {
-    let at = std::str::from_utf8(text)
-        .err()
-        .map_or(0, |e| e.valid_up_to());
-    let end = text.len().min(at + 4);
-    let end = std::str::from_utf8(&text[at..end])
-        .err()
-        .and_then(|e| e.error_len())
-        .map_or(end, |n| at + n);
-    let bytes: Vec<String> = text[at..end].iter().map(|b| format!("0x{b:02x}")).collect();
+    let bad = match std::str::from_utf8(text) {
+        Ok(_) => &[][..],
+        Err(e) => {
+            let rest = &text[e.valid_up_to()..];
+            &rest[..e.error_len().unwrap_or(rest.len())] // (at most 3 bytes)
+        }
+    };
+    let bytes: Vec<String> = bad.iter().map(|b| format!("0x{b:02x}")).collect();
     ClientError::Encoding(format!(
         "invalid byte sequence for encoding \"UTF8\": {}",
         bytes.join(" ")
