@@ -270,6 +270,16 @@ impl Config {
         if self.server.handshake_timeout_ms == 0 {
             p.push("server.handshake_timeout_ms: must be positive".into());
         }
+        if self.upstream.connect_timeout_ms == 0
+            || self.upstream.connect_timeout_ms >= self.server.handshake_timeout_ms
+        {
+            // the login waits for the upstream connect: if the handshake timeout came first,
+            // a slow PostgreSQL would end logins without an error instead of 08006
+            p.push(format!(
+                "upstream.connect_timeout_ms: must be positive and below server.handshake_timeout_ms ({})",
+                self.server.handshake_timeout_ms
+            ));
+        }
         if self.server.max_message_bytes < 1024 {
             p.push("server.max_message_bytes: must be at least 1024".into());
         }
@@ -415,6 +425,25 @@ mod tests {
         assert!(p.iter().any(|s| s.starts_with("server.max_connections")));
         assert!(p.iter().any(|s| s.starts_with("server.session_threads")));
         assert!(p.iter().any(|s| s.starts_with("server.thread_busy_target")));
+    }
+
+    #[test]
+    fn the_upstream_connect_times_out_before_the_handshake() {
+        let ok = Config::parse(MIN).unwrap();
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        for (handshake, connect) in [(10_000, 10_000), (3_000, 5_000), (10_000, 0)] {
+            let c = Config::parse(&format!(
+                "[server]\nhandshake_timeout_ms={handshake}\n{MIN}connect_timeout_ms={connect}\n"
+            ))
+            .unwrap();
+            assert!(
+                c.problems()
+                    .iter()
+                    .any(|s| s.starts_with("upstream.connect_timeout_ms")),
+                "{handshake}/{connect}: {:?}",
+                c.problems()
+            );
+        }
     }
 
     #[test]

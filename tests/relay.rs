@@ -316,7 +316,11 @@ async fn text_that_is_not_utf8_is_an_error_not_a_disconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_are_closed_after_the_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = Env::start_with(|c| c.server.handshake_timeout_ms = 300).await;
+    let env = Env::start_with(|c| {
+        c.server.handshake_timeout_ms = 300;
+        c.upstream.connect_timeout_ms = 250; // (must be below the handshake timeout)
+    })
+    .await;
     let port = env.port();
     // nothing sent; half a startup packet; a startup packet and then no password
     let mut startup = bytes::BytesMut::new();
@@ -378,6 +382,97 @@ async fn postgres_restart_is_survived() {
         .unwrap()
         .get(0);
     assert!(n < 2000);
+}
+
+/// A TCP forwarder in front of PostgreSQL that can be told to swallow new connections: it
+/// accepts them and never answers, like a PostgreSQL that hangs or a firewall that drops.
+struct BlackHole {
+    port: u16,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Swallowed connections the other side (pgveil) has closed.
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BlackHole {
+    /// Start forwarding to `pg_port` (call inside the runtime).
+    fn start(pg_port: u16) -> BlackHole {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hole = BlackHole {
+            port,
+            swallow: Default::default(),
+            closed: Default::default(),
+        };
+        let (swallow, closed) = (hole.swallow.clone(), hole.closed.clone());
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut from, _)) = listener.accept().await {
+                let (swallow, closed) = (swallow.load(SeqCst), closed.clone());
+                tokio::spawn(async move {
+                    if swallow {
+                        // read (and drop) whatever comes until the other side gives up
+                        let _ = tokio::io::copy(&mut from, &mut tokio::io::sink()).await;
+                        closed.fetch_add(1, SeqCst);
+                    } else if let Ok(mut to) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", pg_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                    }
+                });
+            }
+        });
+        hole
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_times_out_cleanly() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    let mut hole = None;
+    let env = Env::start_with(|c| {
+        let h = BlackHole::start(c.upstream.port);
+        c.upstream.port = h.port;
+        c.upstream.connect_timeout_ms = 300;
+        hole = Some(h);
+    })
+    .await;
+    let hole = hole.unwrap();
+    let admin = env.connect("admin").await;
+    hole.swallow.store(true, SeqCst);
+    // (the guards only keep a broken build from hanging the suite)
+    let guard = Duration::from_secs(60);
+    for user in ["admin", "rita"] {
+        let e = tokio::time::timeout(guard, env.try_connect(user))
+            .await
+            .expect("the upstream connect timeout fires")
+            .unwrap_err();
+        assert_eq!(code(&e), "08006", "{user}: {e}");
+        assert_eq!(
+            common::message(&e),
+            "could not connect to the upstream PostgreSQL server"
+        );
+    }
+    // pgveil gave up on the silent connections (closed them), and nothing else was affected
+    tokio::time::timeout(guard, async {
+        while hole.closed.load(SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("pgveil closes the upstream connections it gave up on");
+    let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "a session that was already connected goes on");
+    hole.swallow.store(false, SeqCst);
+    let again = env.connect("rita").await;
+    let n: i64 = again
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0 && n < 2000, "rita is enforced again: {n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
