@@ -127,21 +127,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
-}
-
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { .. } => Ok(()),
         Command::Serve { config } => {
             let cfg = Config::load(&config)?;
-            init_tracing(&cfg.log.level);
+            crate::logging::init(&cfg.log.level);
             let running = crate::server::start(cfg).await?;
             wait_for_signal().await;
             tracing::info!("shutting down: no new connections; waiting for sessions");

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod embedded_pg;
 pub mod error;
 pub mod front;
+pub mod logging;
 pub mod net;
 pub mod policy;
 pub mod server;

@@ -31,6 +31,9 @@ use threads::SessionThreads;
 
 mod threads;
 
+/// After the grace period, how long sessions get to tell their clients that pgveil stops.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// How often session threads are balanced (`server.thread_busy_target`).
 const BALANCE_EVERY: Duration = Duration::from_millis(250);
 
@@ -80,7 +83,10 @@ pub struct Server {
     cancel_map: Mutex<HashMap<ClientKey, CancelTarget>>,
     /// Idle upstream sessions for reuse (`upstream.pool_size`).
     pub pool: Pool,
+    /// SIGTERM (or `Running::shutdown`): no new connections, sessions may finish.
     pub shutdown: CancellationToken,
+    /// The grace period is over: sessions still open end now (57P01 to the client).
+    pub stopping: CancellationToken,
     tracker: TaskTracker,
     threads: SessionThreads,
     /// Timeouts for the session threads, which have no time driver (`crate::timers`).
@@ -122,6 +128,7 @@ impl Server {
             cancel_map: Mutex::new(HashMap::new()),
             pool,
             shutdown: CancellationToken::new(),
+            stopping: CancellationToken::new(),
             tracker: TaskTracker::new(),
             threads,
             timers: Timers::current(),
@@ -236,6 +243,10 @@ impl Server {
                 open = self.active_sessions(),
                 "grace period over; closing remaining sessions"
             );
+            // they say why to their clients, then the threads stop (ending any stragglers:
+            // handshakes, sessions stuck writing to a client that does not read)
+            self.stopping.cancel();
+            let _ = tokio::time::timeout(STOP_WAIT, self.tracker.wait()).await;
         }
         self.threads.stop();
     }

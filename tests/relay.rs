@@ -631,24 +631,255 @@ async fn tls_with_channel_binding_and_require_tls() {
     );
 }
 
+/// Shutdown: no new connections, open sessions go on for the grace period, then every
+/// session still open ends as with PostgreSQL's fast shutdown: the client gets FATAL 57P01
+/// (a query in flight fails with it, an idle client reads it), its PostgreSQL session ends
+/// (an open transaction rolls back), and pgveil's accept loop returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_sessions_finish() {
-    let env = Env::start().await;
-    let admin = env.connect("admin").await;
-    let server = env.running.server.clone();
-    server.shutdown.cancel();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // existing session keeps working during the grace period
-    assert_eq!(
-        admin
-            .query_one("SELECT 1", &[])
+async fn shutdown_lets_sessions_finish_then_ends_them_with_57p01() {
+    use fallible_iterator::FallibleIterator;
+    use postgres_protocol::message::backend::Message;
+    use std::time::Duration;
+    let mut env = Env::start_with(|c| c.server.shutdown_grace_ms = 1_500).await;
+    let direct = env.direct().await;
+    let probe = format!("{} application_name=shutdown_probe", env.conn_str("admin"));
+    let admin = common::connect_str(&probe).await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE shutdown_probe(a int)")
+        .await
+        .unwrap();
+    let in_tx = common::connect_str(&probe).await.unwrap();
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO shutdown_probe VALUES (1)")
+        .await
+        .unwrap();
+    let sleeper = common::connect_str(&probe).await.unwrap();
+    let mut idle = common::RawClient::login(env.port(), "admin").await;
+    let upstream_sessions = || async {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shutdown_probe'",
+                &[],
+            )
             .await
             .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
-    // new connections are refused
+            .get(0);
+        n
+    };
+    assert_eq!(upstream_sessions().await, 3);
+
+    env.running.server.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the grace period: open sessions keep working, new connections are refused
+    let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
     assert!(env.try_connect("admin").await.is_err());
+    let slept = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(300)").await });
+
+    // (the guards only keep a broken build from hanging the suite)
+    let guard = Duration::from_secs(60);
+    tokio::time::timeout(guard, &mut env.running.task)
+        .await
+        .expect("pgveil stops after the grace period")
+        .unwrap();
+    let e = slept.await.unwrap().unwrap_err();
+    assert_eq!(code(&e), "57P01", "{e}");
+    assert_eq!(
+        common::message(&e),
+        "terminating connection because pgveil is shutting down"
+    );
+    let Message::ErrorResponse(fatal) = idle.next().await else {
+        panic!("the idle client is told why")
+    };
+    let fields: Vec<(u8, String)> = fatal
+        .fields()
+        .map(|f| {
+            Ok((
+                f.type_(),
+                String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            ))
+        })
+        .collect()
+        .unwrap();
+    assert!(fields.contains(&(b'S', "FATAL".into())), "{fields:?}");
+    assert!(fields.contains(&(b'C', "57P01".into())), "{fields:?}");
+    assert!(admin.is_closed() || admin.simple_query("SELECT 1").await.is_err());
+    // their PostgreSQL sessions are gone, the open transaction with them
+    tokio::time::timeout(guard, async {
+        while upstream_sessions().await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the PostgreSQL sessions end");
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM shutdown_probe", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the open transaction was rolled back");
+    drop(in_tx);
+}
+
+/// `pgveil serve` as a user runs it: logging at the most verbose level (`trace`) shows one
+/// span per session (client address, user, application name) but no password, verifier,
+/// literal or parameter value; SIGTERM stops new connections, lets an open session go on for
+/// the grace period, then ends it and exits successfully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_no_secrets_and_stops_on_sigterm() {
+    use std::time::Duration;
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgveil::embedded_pg::free_port().unwrap();
+    let config = dir.path().join("pgveil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 2000\n\
+             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"crm\"\nuser = \"{}\"\npassword = \"{}\"\n\
+             [log]\nlevel = \"trace\"\n",
+            env.pg.port(),
+            pgveil::demo::SERVICE_USER,
+            pgveil::demo::SERVICE_PASSWORD
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("pgveil.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let conn = |user: &str, password: &str| {
+        format!("host=127.0.0.1 port={port} user={user} password={password} dbname=crm application_name=LogProbeApp")
+    };
+    let admin_pw = pgveil::demo::password("admin");
+    let mut admin = None;
+    for _ in 0..600 {
+        if let Ok(c) = common::connect_str(&conn("admin", &admin_pw)).await {
+            admin = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = admin.expect("pgveil serve accepts logins");
+
+    // secrets and values of every kind go through the session
+    let new_pw = "Rotated-Secret-2026x";
+    admin
+        .batch_execute(&format!("ALTER USER rita PASSWORD '{new_pw}'"))
+        .await
+        .unwrap();
+    let wrong = common::connect_str(&conn("rita", "Wrong-Password-1234")).await;
+    assert!(wrong.is_err());
+    let mut rita = None;
+    for _ in 0..300 {
+        if let Ok(c) = common::connect_str(&conn("rita", new_pw)).await {
+            rita = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rita = rita.expect("the new password takes effect");
+    let values = [
+        "LiteralProbe-4711",
+        "ParamProbe-0815",
+        "RefusedProbe-99",
+        "AdminLiteral-2718",
+        "AdminParam-31337",
+    ];
+    rita.simple_query(&format!(
+        "SELECT count(*) FROM customers WHERE name = '{}'",
+        values[0]
+    ))
+    .await
+    .unwrap();
+    rita.query(
+        "SELECT count(*) FROM customers WHERE name = $1",
+        &[&values[1]],
+    )
+    .await
+    .unwrap();
+    let refused = rita
+        .simple_query(&format!(
+            "SELECT * FROM internal_salaries WHERE note = '{}'",
+            values[2]
+        ))
+        .await;
+    assert!(refused.is_err());
+    admin
+        .simple_query(&format!("SELECT '{}'", values[3]))
+        .await
+        .unwrap();
+    admin.query("SELECT $1::text", &[&values[4]]).await.unwrap();
+    drop(rita);
+
+    // SIGTERM: the open session goes on for the grace period, new logins are refused
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "an open session goes on during the grace period");
+    assert!(common::connect_str(&conn("admin", &admin_pw))
+        .await
+        .is_err());
+    // (the guard only keeps a broken build from hanging the suite)
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("pgveil exits after the grace period")
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "{status}");
+    let e = admin.simple_query("SELECT 1").await.unwrap_err();
+    assert!(admin.is_closed(), "the session ended with pgveil: {e}");
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.contains('\x1b'), "no colour codes in a log file");
+    assert!(
+        text.contains("session{client=127.0.0.1:")
+            && text.contains("user=\"admin\" app=\"LogProbeApp\""),
+        "one span per session: {text}"
+    );
+    assert!(text.contains("user=\"rita\""), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("WARN")
+            && l.contains("user=\"rita\"")
+            && l.contains("statement refused sqlstate=\"42501\"")),
+        "the refusal is logged in rita's span: {text}"
+    );
+    assert!(text.contains("shutting down"), "{text}");
+    let verifier: String = env
+        .direct()
+        .await
+        .query_one(
+            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rita_pw = pgveil::demo::password("rita");
+    let secrets = [
+        admin_pw.as_str(),
+        rita_pw.as_str(),
+        new_pw,
+        "Wrong-Password-1234",
+        pgveil::demo::SERVICE_PASSWORD,
+        verifier.rsplit('$').next().unwrap(),
+    ];
+    for secret in secrets.iter().chain(&values) {
+        assert!(!text.contains(secret), "{secret} is in the log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,12 +68,7 @@ pub async fn provision(pg: &EmbeddedPg, cfg: &Config) -> anyhow::Result<()> {
 
 /// Run the demo until Ctrl-C / SIGTERM.
 pub async fn run(port: u16) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+    crate::logging::init("info");
     println!("starting an ephemeral PostgreSQL ...");
     let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(&[])).await??;
     let cfg = config_for(&pg, &format!("127.0.0.1:{port}"));

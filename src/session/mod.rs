@@ -41,6 +41,7 @@ use crate::error::ClientError;
 use crate::front::startup::Started;
 use crate::server::{Lane, Server};
 use crate::sql::{EnforceCtx, PolicyStamp, Simple, Verdict};
+use crate::upstream::pool::TERMINATE;
 use crate::upstream::{DetachedConn, UpstreamConn};
 use bound::{Statements, Units, NAME_PREFIX};
 use frame::{header_len, next_frame, reserve_rest, Frame};
@@ -57,6 +58,8 @@ enum UpstreamEnd {
     Reset(bool),
     /// The session is to move to this session thread.
     Move(usize),
+    /// pgveil is stopping and the shutdown grace period is over.
+    Stopping,
 }
 
 /// A session's sockets and everything its two pumps keep between messages, so that the
@@ -213,14 +216,43 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
             .boxed(),
             async { to_client.await.map_err(|e| ("upstream", e)) }.boxed(),
             async { Ok(UpstreamEnd::Move(moved.await)) }.boxed(),
+            async {
+                server.stopping.cancelled().await;
+                Ok(UpstreamEnd::Stopping)
+            }
+            .boxed(),
         ])
         .await;
-        if let Err((_, SessionError::Frame(e))) = &ended {
-            // A malformed or oversized message: say why, then end only this session.
-            tracing::warn!(error = %e, "closing session: bad frontend message");
-            let fatal = ClientError::Protocol(format!("invalid frontend message: {e}"));
-            let _ = client_wr.write_all(&fatal.encode()).await;
-            let _ = client_wr.flush().await;
+        match &ended {
+            Err((_, SessionError::Frame(e))) => {
+                // A malformed or oversized message: say why, then end only this session.
+                tracing::warn!(error = %e, "closing session: bad frontend message");
+                let fatal = ClientError::Protocol(format!("invalid frontend message: {e}"));
+                let _ = client_wr.write_all(&fatal.encode()).await;
+                let _ = client_wr.flush().await;
+            }
+            Ok(UpstreamEnd::Stopping) => {
+                // As PostgreSQL's fast shutdown: the client hears why (57P01) when it is
+                // between messages; a statement still running is cancelled, and PostgreSQL
+                // gets Terminate when it is between messages (an open transaction rolls
+                // back); mid-message, a connection just closes.
+                if waiting.upstream.load(Ordering::Relaxed) && up.passthrough == 0 {
+                    let _ = client_wr
+                        .write_all(&ClientError::ShuttingDown.encode())
+                        .await;
+                    let _ = client_wr.flush().await;
+                }
+                if !shared.units.idle() {
+                    if let Err(e) = server.upstream.cancel(upstream.pid, upstream.secret).await {
+                        tracing::debug!(error = %e, "cancel at shutdown failed");
+                    }
+                }
+                if waiting.client.load(Ordering::Relaxed) {
+                    let _ = up_wr.write_all(&TERMINATE).await;
+                    let _ = up_wr.flush().await;
+                }
+            }
+            _ => {}
         }
         ended
     };
@@ -241,11 +273,12 @@ pub async fn run(server: &Arc<Server>, mut session: Box<Session>, lane: Option<&
 /// How a session's run ends, and which side ended it on error.
 type Ended = Result<UpstreamEnd, (&'static str, SessionError)>;
 
-/// The first of the session's branches (the two pumps, the move request) to end; the
-/// others are dropped. Each branch gets its own waker (`FuturesUnordered`), so a wake-up
-/// polls only the side that has something to do, where `tokio::select!` would poll all
-/// three (callgrind, 1 client: about 300 instructions per query less).
-async fn first_to_end(branches: [BoxFuture<'_, Ended>; 3]) -> Ended {
+/// The first of the session's branches (the two pumps, the move request, the end of the
+/// shutdown grace period) to end; the others are dropped. Each branch gets its own waker
+/// (`FuturesUnordered`), so a wake-up polls only the side that has something to do, where
+/// `tokio::select!` would poll all of them (callgrind, 1 client: about 300 instructions per
+/// query less).
+async fn first_to_end(branches: [BoxFuture<'_, Ended>; 4]) -> Ended {
     let mut set: FuturesUnordered<_> = branches.into_iter().collect();
     // (never empty; were it, the session would end without reuse)
     set.next().await.unwrap_or(Ok(UpstreamEnd::Closed))
