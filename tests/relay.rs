@@ -141,6 +141,157 @@ async fn startup_refusals_are_clean_errors() {
     );
 }
 
+/// The next message (tag, body) from a raw stream.
+async fn raw_message(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let tag = s.read_u8().await.unwrap();
+        let len = s.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        (tag, body)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("a message")
+}
+
+/// A startup packet of protocol 3.`minor` (or `major`.`minor`).
+fn startup_packet(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&major.to_be_bytes());
+    body.extend_from_slice(&minor.to_be_bytes());
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Protocol negotiation as PostgreSQL 18 does it: 3.2 accepted as asked (with its longer
+/// cancel key, which works), a newer minor version or `_pq_.*` options answered with
+/// NegotiateProtocolVersion, another major version refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_versions_are_negotiated_like_postgresql() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start().await;
+    let port = env.port();
+    let login = [("user", "admin"), ("database", "crm")];
+    let connect = || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap()
+    };
+    // (minor, options) -> the NegotiateProtocolVersion expected first, if any
+    type Case = (
+        u16,
+        &'static [(&'static str, &'static str)],
+        Option<(u32, Vec<&'static str>)>,
+    );
+    let cases: [Case; 4] = [
+        (0, &[], None),
+        (2, &[], None),
+        (9999, &[], Some((0x0003_0002, vec![]))),
+        (
+            0,
+            &[("_pq_.b_option", "on"), ("_pq_.a_option", "1")],
+            Some((0x0003_0000, vec!["_pq_.a_option", "_pq_.b_option"])),
+        ),
+    ];
+    for (minor, options, negotiated) in cases {
+        let mut s = connect().await;
+        let params: Vec<(&str, &str)> = login.iter().chain(options).copied().collect();
+        s.write_all(&startup_packet(3, minor, &params))
+            .await
+            .unwrap();
+        let (mut tag, mut body) = raw_message(&mut s).await;
+        if let Some((newest, names)) = negotiated {
+            assert_eq!(
+                tag, b'v',
+                "3.{minor} {options:?}: NegotiateProtocolVersion first"
+            );
+            assert_eq!(u32::from_be_bytes(body[0..4].try_into().unwrap()), newest);
+            let count = u32::from_be_bytes(body[4..8].try_into().unwrap()) as usize;
+            let listed: Vec<String> = body[8..]
+                .split(|b| *b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+            assert_eq!(count, names.len());
+            assert_eq!(listed, names);
+            (tag, body) = raw_message(&mut s).await;
+        }
+        assert_eq!(tag, b'R', "3.{minor} {options:?}: then authentication");
+        assert_eq!(&body[0..4], &10u32.to_be_bytes(), "SASL");
+    }
+    let mut s = connect().await;
+    s.write_all(&startup_packet(2, 0, &login)).await.unwrap();
+    let (tag, body) = raw_message(&mut s).await;
+    assert_eq!(tag, b'E');
+    // (PostgreSQL says 0A000 "unsupported frontend protocol"; pgwire's decoder refuses any
+    // major version but 3 as an invalid packet)
+    assert!(String::from_utf8_lossy(&body).contains("08P01"), "{body:?}");
+
+    // a whole 3.2 session: log in, take the (longer) cancel key, cancel a query with it
+    let mut s = connect().await;
+    s.write_all(&startup_packet(3, 2, &login)).await.unwrap();
+    let password = pgveil::demo::password("admin");
+    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    let mut key = None;
+    loop {
+        let (tag, body) = raw_message(&mut s).await;
+        let mut out = bytes::BytesMut::new();
+        match (
+            tag,
+            body.get(0..4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap())),
+        ) {
+            (b'R', Some(10)) => {
+                frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap()
+            }
+            (b'R', Some(11)) => {
+                scram.update(&body[4..]).unwrap();
+                frontend::sasl_response(scram.message(), &mut out).unwrap();
+            }
+            (b'R', Some(12)) => scram.finish(&body[4..]).unwrap(),
+            (b'K', _) => key = Some(body),
+            (b'Z', _) => break,
+            (b'E', _) => panic!("3.2 login failed: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+        s.write_all(&out).await.unwrap();
+    }
+    let key = key.expect("BackendKeyData");
+    assert!(
+        key.len() > 8,
+        "3.2 cancel keys are longer than 4 bytes: {}",
+        key.len() - 4
+    );
+    let mut out = bytes::BytesMut::new();
+    frontend::query("SELECT pg_sleep(30)", &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut cancel = ((key.len() + 8) as u32).to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+    cancel.extend_from_slice(&key); // pid and the whole secret
+    connect().await.write_all(&cancel).await.unwrap();
+    loop {
+        let (tag, body) = raw_message(&mut s).await;
+        if tag == b'E' {
+            assert!(String::from_utf8_lossy(&body).contains("57014"), "{body:?}");
+            break;
+        }
+        assert_ne!(tag, b'Z', "the query was cancelled, not finished");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_features_pass_through() {
     let env = Env::start().await;

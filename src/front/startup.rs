@@ -11,11 +11,10 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
-use pgwire::api::auth::{
-    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider,
-};
+use pgwire::api::auth::{save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
 use pgwire::api::ClientInfo;
-use pgwire::messages::startup::{SecretKey, Startup};
+use pgwire::messages::startup::{NegotiateProtocolVersion, SecretKey, Startup};
+use pgwire::messages::ProtocolVersion;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::server::{negotiate_tls, MaybeTls, PgWireMessageServerCodec};
 use tokio::net::TcpStream;
@@ -202,6 +201,44 @@ fn validate_startup(
     Ok((user.clone(), fwd))
 }
 
+/// The protocol version, as PostgreSQL 18 negotiates it: major version 3 only (pgwire's
+/// decoder already refuses others as invalid startup packets, 08P01); minor
+/// versions up to 3.2 as asked (3.2: longer cancel keys); a client asking for a newer minor
+/// version or for protocol options (`_pq_.*`, none of which pgveil knows) is told with
+/// NegotiateProtocolVersion what it gets: 3.2 at most, and none of the options.
+async fn negotiate_protocol(front: &mut Front, startup: &Startup) -> Result<(), ClientError> {
+    let (major, minor) = (startup.protocol_number_major, startup.protocol_number_minor);
+    if major != 3 {
+        return Err(ClientError::FeatureUnsupported(format!(
+            "unsupported frontend protocol {major}.{minor}: pgveil supports 3.0 to 3.2"
+        )));
+    }
+    let version = if minor >= 2 {
+        ProtocolVersion::PROTOCOL3_2
+    } else {
+        ProtocolVersion::PROTOCOL3_0
+    };
+    let mut options: Vec<String> = startup
+        .parameters
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    if minor > 2 || !options.is_empty() {
+        options.sort();
+        let (major, minor) = version.version_number();
+        let newest = (i32::from(major) << 16) | i32::from(minor);
+        front
+            .send(PgWireBackendMessage::NegotiateProtocolVersion(
+                NegotiateProtocolVersion::new(newest, options),
+            ))
+            .await
+            .map_err(|_| ClientError::Protocol("could not negotiate the protocol".into()))?;
+    }
+    front.set_protocol_version(version);
+    Ok(())
+}
+
 struct Authenticated {
     user: String,
     application_name: String,
@@ -221,9 +258,7 @@ async fn authenticate(
             "pgveil requires TLS: connect with sslmode=require".into(),
         ));
     }
-    protocol_negotiation(front, startup)
-        .await
-        .map_err(|_| ClientError::Protocol("unsupported protocol version".into()))?;
+    negotiate_protocol(front, startup).await?;
     let (user, fwd) = validate_startup(server, startup)?;
     save_startup_parameters_to_metadata(front, startup);
     let scram = if front.is_secure() {
