@@ -141,6 +141,78 @@ async fn startup_refusals_are_clean_errors() {
     );
 }
 
+/// Settings a user may change (`SET`) reach PostgreSQL from the startup packet, also from
+/// `options` (as libpq's PGOPTIONS sends them); what pgveil leaves out (search_path, role,
+/// server switches) is named in a warning after login, without the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_are_passed_on_or_named() {
+    use futures::StreamExt;
+    let env = Env::start().await;
+    for user in ["admin", "rita"] {
+        let mut cfg: tokio_postgres::Config = env.conn_str(user).parse().unwrap();
+        cfg.options(
+            "-c statement_timeout=1234 --lock-timeout=2345 -c search_path=nowhere_x -c role=postgres -d 5",
+        );
+        let (client, mut connection) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        let (tx, mut notices) = futures::channel::mpsc::unbounded();
+        let driver = tokio::spawn(async move {
+            let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(m)) = stream.next().await {
+                if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                    let _ = tx.unbounded_send(n);
+                }
+            }
+        });
+        let show = |name: &'static str| {
+            let client = &client;
+            async move {
+                common::simple_rows(client, &format!("SHOW {name}"))
+                    .await
+                    .unwrap()[0][0]
+                    .clone()
+                    .unwrap()
+            }
+        };
+        assert_eq!(show("statement_timeout").await, "1234ms", "{user}");
+        assert_eq!(show("lock_timeout").await, "2345ms", "{user}");
+        assert_eq!(show("search_path").await, "public", "{user}: pinned");
+        let role: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(role, pgveil::demo::SERVICE_USER, "{user}");
+        let warning = tokio::time::timeout(std::time::Duration::from_secs(10), notices.next())
+            .await
+            .expect("a warning")
+            .unwrap();
+        assert_eq!(warning.severity(), "WARNING");
+        assert_eq!(warning.code().code(), "01000");
+        assert_eq!(
+            warning.message(),
+            "pgveil did not pass these startup parameters on to PostgreSQL: \
+             options -c search_path, options -c role, options -d"
+        );
+        assert!(!warning.message().contains("nowhere_x") && !warning.message().contains('5'));
+        drop(client);
+        driver.await.unwrap();
+    }
+    // a client that asks for nothing pgveil leaves out gets no warning
+    let (client, mut connection) =
+        tokio_postgres::connect(&env.conn_str("admin"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let poll = futures::future::poll_fn(|cx| connection.poll_message(cx));
+    let first = tokio::select! {
+        m = poll => format!("{m:?}"),
+        r = client.simple_query("SELECT 1") => { r.unwrap(); String::new() }
+    };
+    assert!(
+        first.is_empty(),
+        "no message before the query's answer: {first}"
+    );
+}
+
 /// The next message (tag, body) from a raw stream.
 async fn raw_message(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     use tokio::io::AsyncReadExt;

@@ -13,6 +13,7 @@ use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::{save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
 use pgwire::api::ClientInfo;
+use pgwire::error::ErrorInfo;
 use pgwire::messages::startup::{NegotiateProtocolVersion, SecretKey, Startup};
 use pgwire::messages::ProtocolVersion;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -21,23 +22,12 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::error::ClientError;
+use crate::front::params::{self, Sorted};
 use crate::server::Server;
 use crate::upstream::pool::PoolKey;
 use crate::upstream::UpstreamConn;
 
 type Front = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
-
-/// Startup parameters forwarded to PostgreSQL. Never `options`, never `search_path`
-/// (pgveil pins it), never `replication`.
-const FORWARDED_PARAMS: &[&str] = &[
-    "application_name",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-    "datestyle",
-    "timezone",
-];
 
 /// Upstream ParameterStatus values, given to the client after authentication.
 struct UpstreamParams(Vec<(String, String)>);
@@ -163,11 +153,9 @@ async fn fail(front: &mut Front, e: ClientError) {
     let _ = front.close().await;
 }
 
-/// Validate the startup packet; returns (user, database, forwarded params).
-fn validate_startup(
-    server: &Server,
-    startup: &Startup,
-) -> Result<(String, Vec<(String, String)>), ClientError> {
+/// Validate the startup packet; returns the user and the parameters sorted into those passed
+/// on upstream (with pgveil's own) and the names of those left out.
+fn validate_startup(server: &Server, startup: &Startup) -> Result<(String, Sorted), ClientError> {
     let p = &startup.parameters;
     if p.contains_key("replication") {
         return Err(ClientError::FeatureUnsupported(
@@ -189,16 +177,13 @@ fn validate_startup(
             )));
         }
     }
-    let mut fwd: Vec<(String, String)> = p
-        .iter()
-        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut sorted = params::sort(p);
+    let fwd = &mut sorted.forwarded;
     fwd.push(("client_encoding".into(), "UTF8".into()));
     fwd.push(("search_path".into(), server.search_path_setting()));
     fwd.push(("standard_conforming_strings".into(), "on".into()));
     fwd.sort(); // also the key under which the upstream session may be pooled
-    Ok((user.clone(), fwd))
+    Ok((user.clone(), sorted))
 }
 
 /// The protocol version, as PostgreSQL 18 negotiates it: major version 3 only (pgwire's
@@ -239,6 +224,25 @@ async fn negotiate_protocol(front: &mut Front, startup: &Startup) -> Result<(), 
     Ok(())
 }
 
+/// The warning that names the startup parameters pgveil did not pass on (sent right after
+/// ReadyForQuery: a notice may come at any time, and libpq refuses one during authentication).
+fn left_out_warning(names: &[String]) -> PgWireBackendMessage {
+    let mut info = ErrorInfo::new(
+        "WARNING".into(),
+        "01000".into(),
+        format!(
+            "pgveil did not pass these startup parameters on to PostgreSQL: {}",
+            names.join(", ")
+        ),
+    );
+    info.hint = Some(
+        "pgveil pins search_path and passes on only settings a user may change with SET \
+         (such as statement_timeout or DateStyle), also from options (-c name=value)"
+            .into(),
+    );
+    PgWireBackendMessage::NoticeResponse(info.into())
+}
+
 struct Authenticated {
     user: String,
     application_name: String,
@@ -259,7 +263,13 @@ async fn authenticate(
         ));
     }
     negotiate_protocol(front, startup).await?;
-    let (user, fwd) = validate_startup(server, startup)?;
+    let (
+        user,
+        Sorted {
+            forwarded: fwd,
+            left_out,
+        },
+    ) = validate_startup(server, startup)?;
     save_startup_parameters_to_metadata(front, startup);
     let scram = if front.is_secure() {
         &server.scram_tls
@@ -297,6 +307,9 @@ async fn authenticate(
                     .complete_authentication(front, final_message)
                     .await
                     .map_err(|_| ClientError::Protocol("could not complete startup".into()))?;
+                if !left_out.is_empty() {
+                    let _ = front.send(left_out_warning(&left_out)).await;
+                }
                 let client_key = front.pid_and_secret_key();
                 let application_name = startup
                     .parameters

@@ -32,6 +32,7 @@ use crate::policy::{Effective, Snapshot};
 use crate::server::Server;
 pub use policy_sql::mask_sql as mask_expr;
 use read::Mode;
+pub use statement::settable;
 
 /// What to send upstream for a message carrying SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]

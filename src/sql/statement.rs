@@ -42,6 +42,12 @@ const SETTABLE: &[&str] = &[
     "synchronous_commit",
 ];
 
+/// May a restricted user change this setting (`SET`, or a startup parameter)? Names are
+/// case-insensitive, as PostgreSQL's.
+pub fn settable(name: &str) -> bool {
+    SETTABLE.contains(&name.to_ascii_lowercase().as_str())
+}
+
 /// SQL-level prepared statements live in PostgreSQL, out of pgveil's sight: their names are
 /// scoped to the policy they were enforced under (`pgveil_<digest of the user's effective
 /// policy>_<name>`), so after a change to *their* policy `EXECUTE` finds no statement (26000)
