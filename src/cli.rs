@@ -135,8 +135,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             crate::logging::init(&cfg.log.level);
             let running = crate::server::start(cfg).await?;
             wait_for_signal().await;
-            tracing::info!("shutting down: no new connections; waiting for sessions");
-            running.shutdown().await;
+            tracing::info!(
+                "shutting down: no new connections; waiting for sessions (a second signal ends them now)"
+            );
+            let server = running.server.clone();
+            let stopped = running.shutdown();
+            tokio::pin!(stopped);
+            tokio::select! {
+                () = &mut stopped => {}
+                () = wait_for_signal() => {
+                    tracing::warn!(open = server.active_sessions(), "second signal: ending open sessions now");
+                    server.stopping.cancel();
+                    stopped.await;
+                }
+            }
             Ok(())
         }
         Command::Init { config } => {

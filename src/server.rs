@@ -218,7 +218,8 @@ impl Server {
         }
     }
 
-    /// Accept connections until shutdown; then wait up to the grace period for sessions.
+    /// Accept connections until shutdown; then wait up to the grace period (or until
+    /// `stopping`) for sessions, and end those still open.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         loop {
             tokio::select! {
@@ -235,14 +236,12 @@ impl Server {
         drop(listener);
         self.tracker.close();
         let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = self.active_sessions(),
-                "grace period over; closing remaining sessions"
-            );
+        let all_ended = tokio::select! {
+            ended = tokio::time::timeout(grace, self.tracker.wait()) => ended.is_ok(),
+            () = self.stopping.cancelled() => false, // told not to wait (a second signal)
+        };
+        if !all_ended {
+            tracing::warn!(open = self.active_sessions(), "closing remaining sessions");
             // they say why to their clients, then the threads stop (ending any stragglers:
             // handshakes, sessions stuck writing to a client that does not read)
             self.stopping.cancel();

@@ -944,6 +944,85 @@ async fn shutdown_lets_sessions_finish_then_ends_them_with_57p01() {
     drop(in_tx);
 }
 
+/// `pgveil serve` as its own process, with a `trace` log in a file.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Serve `env`'s PostgreSQL with this grace period.
+    fn start(env: &Env, grace_ms: u64) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = pgveil::embedded_pg::free_port().unwrap();
+        let config = dir.path().join("pgveil.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = {grace_ms}\n\
+                 [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"crm\"\nuser = \"{}\"\npassword = \"{}\"\n\
+                 [log]\nlevel = \"trace\"\n",
+                env.pg.port(),
+                pgveil::demo::SERVICE_USER,
+                pgveil::demo::SERVICE_PASSWORD
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("pgveil.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Served {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Log in with `conn`, retrying while pgveil starts (or a password change is loaded).
+    async fn login(&self, conn: &str) -> tokio_postgres::Client {
+        for _ in 0..600 {
+            if let Ok(c) = common::connect_str(conn).await {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no login through pgveil serve: {conn}");
+    }
+
+    fn terminate(&self) {
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+
+    /// Wait for pgveil to exit (successfully); its log.
+    async fn exit(mut self) -> String {
+        // (the guard only keeps a broken build from hanging the suite)
+        let status = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || self.child.wait()),
+        )
+        .await
+        .expect("pgveil exits")
+        .unwrap()
+        .unwrap();
+        assert!(status.success(), "{status}");
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 /// `pgveil serve` as a user runs it: logging at the most verbose level (`trace`) shows one
 /// span per session (client address, user, application name) but no password, verifier,
 /// literal or parameter value; SIGTERM stops new connections, lets an open session go on for
@@ -952,44 +1031,13 @@ async fn shutdown_lets_sessions_finish_then_ends_them_with_57p01() {
 async fn serve_logs_no_secrets_and_stops_on_sigterm() {
     use std::time::Duration;
     let env = Env::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = pgveil::embedded_pg::free_port().unwrap();
-    let config = dir.path().join("pgveil.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 2000\n\
-             [upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"crm\"\nuser = \"{}\"\npassword = \"{}\"\n\
-             [log]\nlevel = \"trace\"\n",
-            env.pg.port(),
-            pgveil::demo::SERVICE_USER,
-            pgveil::demo::SERVICE_PASSWORD
-        ),
-    )
-    .unwrap();
-    let log_path = dir.path().join("pgveil.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let served = Served::start(&env, 2_000);
+    let port = served.port;
     let conn = |user: &str, password: &str| {
         format!("host=127.0.0.1 port={port} user={user} password={password} dbname=crm application_name=LogProbeApp")
     };
     let admin_pw = pgveil::demo::password("admin");
-    let mut admin = None;
-    for _ in 0..600 {
-        if let Ok(c) = common::connect_str(&conn("admin", &admin_pw)).await {
-            admin = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let admin = admin.expect("pgveil serve accepts logins");
+    let admin = served.login(&conn("admin", &admin_pw)).await;
 
     // secrets and values of every kind go through the session
     let new_pw = "Rotated-Secret-2026x";
@@ -999,15 +1047,8 @@ async fn serve_logs_no_secrets_and_stops_on_sigterm() {
         .unwrap();
     let wrong = common::connect_str(&conn("rita", "Wrong-Password-1234")).await;
     assert!(wrong.is_err());
-    let mut rita = None;
-    for _ in 0..300 {
-        if let Ok(c) = common::connect_str(&conn("rita", new_pw)).await {
-            rita = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rita = rita.expect("the new password takes effect");
+    // (the new password takes effect with the next catalog reload)
+    let rita = served.login(&conn("rita", new_pw)).await;
     let values = [
         "LiteralProbe-4711",
         "ParamProbe-0815",
@@ -1042,31 +1083,17 @@ async fn serve_logs_no_secrets_and_stops_on_sigterm() {
     drop(rita);
 
     // SIGTERM: the open session goes on for the grace period, new logins are refused
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    served.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "an open session goes on during the grace period");
     assert!(common::connect_str(&conn("admin", &admin_pw))
         .await
         .is_err());
-    // (the guard only keeps a broken build from hanging the suite)
-    let status = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("pgveil exits after the grace period")
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "{status}");
+    let text = served.exit().await;
     let e = admin.simple_query("SELECT 1").await.unwrap_err();
     assert!(admin.is_closed(), "the session ended with pgveil: {e}");
 
-    let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(!text.contains('\x1b'), "no colour codes in a log file");
     assert!(
         text.contains("session{client=127.0.0.1:")
@@ -1103,6 +1130,35 @@ async fn serve_logs_no_secrets_and_stops_on_sigterm() {
     for secret in secrets.iter().chain(&values) {
         assert!(!text.contains(secret), "{secret} is in the log");
     }
+}
+
+/// A second SIGTERM does not wait out the grace period: open sessions end at once (57P01)
+/// and pgveil exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_sessions_at_once() {
+    let env = Env::start().await;
+    // a grace period longer than the test's guard in `exit`: only the second signal ends it
+    let served = Served::start(&env, 600_000);
+    let conn = format!(
+        "host=127.0.0.1 port={} user=admin password={} dbname=crm",
+        served.port,
+        pgveil::demo::password("admin")
+    );
+    let admin = served.login(&conn).await;
+    served.terminate();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let one: i32 = admin.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the first signal lets the session go on");
+    let sleeping = tokio::spawn(async move { admin.simple_query("SELECT pg_sleep(300)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    served.terminate();
+    let log = served.exit().await;
+    assert!(
+        log.contains("second signal: ending open sessions now"),
+        "{log}"
+    );
+    let e = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(code(&e), "57P01", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
