@@ -55,6 +55,13 @@ pub enum ClientError {
     /// 22023 — an invalid value, e.g. a password that breaks the password policy.
     #[error("{0}")]
     InvalidParameter(String),
+    /// 22023 at login — PostgreSQL refused the value of a setting from the startup packet
+    /// (its own message).
+    #[error("{0}")]
+    BadSetting(String),
+    /// 42704 at login — PostgreSQL does not know a setting from the startup packet.
+    #[error("{0}")]
+    UnknownSetting(String),
 }
 
 impl ClientError {
@@ -88,7 +95,8 @@ impl ClientError {
             ClientError::ShuttingDown => "57P01",
             ClientError::Denied { .. } => "42501",
             ClientError::TooComplex(_) | ClientError::RowLimit(_) => "54000",
-            ClientError::InvalidParameter(_) => "22023",
+            ClientError::InvalidParameter(_) | ClientError::BadSetting(_) => "22023",
+            ClientError::UnknownSetting(_) => "42704",
         }
     }
 

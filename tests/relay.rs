@@ -143,7 +143,8 @@ async fn startup_refusals_are_clean_errors() {
 
 /// Settings a user may change (`SET`) reach PostgreSQL from the startup packet, also from
 /// `options` (as libpq's PGOPTIONS sends them); what pgveil leaves out (search_path, role,
-/// server switches) is named in a warning after login, without the values.
+/// server switches) is named in a warning after login, without the values; a bad value gets
+/// PostgreSQL's own error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_settings_are_passed_on_or_named() {
     use futures::StreamExt;
@@ -197,6 +198,19 @@ async fn startup_settings_are_passed_on_or_named() {
         drop(client);
         driver.await.unwrap();
     }
+    // PostgreSQL's refusal of a bad value reaches the client as it would without pgveil
+    let mut cfg: tokio_postgres::Config = env.conn_str("rita").parse().unwrap();
+    cfg.options("-c statement_timeout=soon");
+    let e = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(code(&e), "22023", "{e}");
+    assert_eq!(
+        common::message(&e),
+        "invalid value for parameter \"statement_timeout\": \"soon\""
+    );
     // a client that asks for nothing pgveil leaves out gets no warning
     let (client, mut connection) =
         tokio_postgres::connect(&env.conn_str("admin"), tokio_postgres::NoTls)

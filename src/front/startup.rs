@@ -25,7 +25,7 @@ use crate::error::ClientError;
 use crate::front::params::{self, Sorted};
 use crate::server::Server;
 use crate::upstream::pool::PoolKey;
-use crate::upstream::UpstreamConn;
+use crate::upstream::{UpstreamConn, UpstreamError};
 
 type Front = Framed<MaybeTls, PgWireMessageServerCodec<()>>;
 
@@ -224,6 +224,24 @@ async fn negotiate_protocol(front: &mut Front, startup: &Startup) -> Result<(), 
     Ok(())
 }
 
+/// A login PostgreSQL refused: its complaint about a setting the client sent (a bad value,
+/// an unknown name) is the client's to read, as it would be without pgveil; anything else
+/// is PostgreSQL being unavailable (08006, the cause logged, never shown).
+fn upstream_refusal(e: UpstreamError) -> ClientError {
+    match e {
+        UpstreamError::Server { code, message } if code == "22023" => {
+            ClientError::BadSetting(message)
+        }
+        UpstreamError::Server { code, message } if code == "42704" => {
+            ClientError::UnknownSetting(message)
+        }
+        e => {
+            tracing::warn!(error = %e, "upstream connect failed");
+            ClientError::UpstreamUnavailable
+        }
+    }
+}
+
 /// The warning that names the startup parameters pgveil did not pass on (sent right after
 /// ReadyForQuery: a notice may come at any time, and libpq refuses one during authentication).
 fn left_out_warning(names: &[String]) -> PgWireBackendMessage {
@@ -296,10 +314,10 @@ async fn authenticate(
                 identity: Some(id),
                 final_message,
             }) if id == user => {
-                let upstream = server.upstream_session(shard, &fwd).await.map_err(|e| {
-                    tracing::warn!(error = %e, "upstream connect failed");
-                    ClientError::UpstreamUnavailable
-                })?;
+                let upstream = server
+                    .upstream_session(shard, &fwd)
+                    .await
+                    .map_err(upstream_refusal)?;
                 front
                     .session_extensions()
                     .insert(UpstreamParams(upstream.params.clone()));
