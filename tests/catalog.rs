@@ -372,14 +372,7 @@ async fn cli_policy_roundtrip_passwd_explain_check() {
         Some("NewSecret2026x\n"),
     );
     assert!(ok, "{err}");
-    let v: String = d
-        .query_one(
-            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let v = common::verifier(&d, "rita").await;
     assert!(v.starts_with("SCRAM-SHA-256$") && !v.contains("NewSecret"));
     eventually("new password accepted", || async {
         common::connect_str(&format!(
@@ -421,14 +414,7 @@ async fn alter_user_password_through_pgveil() {
         .await
         .unwrap();
     let d = env.direct().await;
-    let v: String = d
-        .query_one(
-            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let v = common::verifier(&d, "rita").await;
     assert!(v.starts_with("SCRAM-SHA-256$"));
     // no PostgreSQL role was created or changed
     assert_eq!(

@@ -59,18 +59,7 @@ async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608u32.to_be_bytes());
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg).await.unwrap();
+    s.write_all(&startup_packet(3, 0, params)).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
     out
@@ -1122,16 +1111,7 @@ async fn serve_logs_no_secrets_and_stops_on_sigterm() {
         "the refusal is logged in rita's span: {text}"
     );
     assert!(text.contains("shutting down"), "{text}");
-    let verifier: String = env
-        .direct()
-        .await
-        .query_one(
-            "SELECT password_verifier FROM pgveil.users WHERE name = 'rita'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let verifier = common::verifier(&env.direct().await, "rita").await;
     let rita_pw = pgveil::demo::password("rita");
     let secrets = [
         admin_pw.as_str(),

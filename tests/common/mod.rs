@@ -149,6 +149,18 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+/// The SCRAM verifier pgveil stores for `user` (read directly from the catalog).
+pub async fn verifier(direct: &Client, user: &str) -> String {
+    direct
+        .query_one(
+            "SELECT password_verifier FROM pgveil.users WHERE name = $1",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// All bytes of a `COPY … TO STDOUT`.
 pub async fn copy_out_bytes(c: &Client, sql: &str) -> Vec<u8> {
     use futures::StreamExt;
