@@ -144,7 +144,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::select! {
                 () = &mut stopped => {}
                 () = wait_for_signal() => {
-                    tracing::warn!(open = server.active_sessions(), "second signal: ending open sessions now");
+                    let open = server.active_sessions();
+                    tracing::warn!(open, "second signal: ending open sessions now");
                     server.stopping.cancel();
                     stopped.await;
                 }

@@ -1,9 +1,9 @@
-//! Logging set-up for `serve` and `demo`: `tracing` to standard output, filtered by `log.level` or
-//! `RUST_LOG`, with one hard rule no filter can lift: libraries that write SQL text or
-//! parameter values into their debug output (sqlparser logs every statement it parses and
-//! every literal token, tokio-postgres every query and its parameters) are heard only at WARN
-//! and above. Passwords (`ALTER USER … PASSWORD '…'` is parsed) and values never reach the
-//! log, whatever the level; pgveil's own events log fingerprints (`log.log_sql` aside).
+//! Logging set-up for `serve` and `demo`: `tracing` to standard output, filtered by
+//! `log.level` or `RUST_LOG`, with one hard rule no filter can lift: libraries that write SQL
+//! text or parameter values into their debug output (sqlparser logs every statement it parses
+//! and every literal token, tokio-postgres every query and its parameters) are heard only at
+//! WARN and above. Passwords (`ALTER USER … PASSWORD '…'` is parsed) and values never reach
+//! the log, whatever the level; pgveil's own events log fingerprints (`log.log_sql` aside).
 //! Colours only on a terminal.
 
 use std::io::IsTerminal;
