@@ -216,6 +216,21 @@ async fn dangerous_functions_catalogs_and_statements_are_refused() {
             "{sql}: {e}"
         );
     }
+    // settings that only shape the session stay the user's, however the name is spelled
+    // (PostgreSQL's setting names are case-insensitive, quoted or not)
+    rita.batch_execute("SET statement_timeout = '1234ms'; SET \"DateStyle\" = 'German'")
+        .await
+        .unwrap();
+    let shown = common::simple_rows(&rita, "SHOW statement_timeout; SHOW datestyle")
+        .await
+        .unwrap();
+    assert_eq!(
+        shown,
+        [
+            [Some("1234ms".to_owned())],
+            [Some("German, DMY".to_owned())]
+        ]
+    );
     // nothing was created or changed
     assert_eq!(digest(&direct, &tables).await, before);
     assert_eq!(

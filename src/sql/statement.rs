@@ -196,7 +196,7 @@ fn check_set(set: &Set) -> Result<(), ClientError> {
     match set {
         Set::SingleAssignment { variable, .. } => {
             let name = parts(variable)?.join(".");
-            if SETTABLE.contains(&name.as_str()) {
+            if settable(&name) {
                 Ok(())
             } else {
                 Err(ClientError::Denied {
