@@ -185,6 +185,7 @@ async fn dangerous_functions_catalogs_and_statements_are_refused() {
         "SELECT * FROM internal_salaries",
         "SELECT * FROM public.internal_salaries s JOIN customers c ON true",
         "SET search_path = pg_temp, public",
+        "SET \"Search_Path\" = pg_temp, public",
         "SET ROLE postgres",
         "SET SESSION AUTHORIZATION postgres",
         "SET standard_conforming_strings = off",
