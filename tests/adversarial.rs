@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
-use common::{code, expect_code_extended, Env};
+use common::{code, expect_code_extended, scalar, Env};
 use tokio_postgres::Client;
 
 /// Integer cells of every row of every result of a simple query, or the SQLSTATE.
@@ -46,13 +46,6 @@ async fn refused_unchanged(
         "{sql} wrote something"
     );
     e
-}
-
-async fn scalar(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 /// A direct (superuser) connection, and how many customers rita owns, read through it.

@@ -15,7 +15,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Env;
+use common::{scalar, Env};
 use serde_json::{json, Value};
 
 const PACKAGES: &[&str] = &["psycopg2-binary==2.9.10", "SQLAlchemy==2.0.36"];
@@ -122,10 +122,6 @@ async fn jdbc_client(env: &Env, user: &str) -> Value {
     client(env, cmd, user).await
 }
 
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 /// The ids `user` sees through pgveil (tokio-postgres), the first `n`.
 async fn first_ids(env: &Env, user: &str, n: i64) -> Value {
     let c = env.connect(user).await;
@@ -155,8 +151,8 @@ async fn structure(direct: &tokio_postgres::Client) -> (Value, Value) {
 
 /// Total customers and rita's (her scope: her own records).
 async fn customer_counts(direct: &tokio_postgres::Client) -> (i64, i64) {
-    let total = count(direct, "SELECT count(*) FROM customers").await;
-    let ritas = count(
+    let total = scalar(direct, "SELECT count(*) FROM customers").await;
+    let ritas = scalar(
         direct,
         "SELECT count(*) FROM customers WHERE owner = 'rita'",
     )

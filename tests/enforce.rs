@@ -4,14 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 mod common;
 
-use common::{code, expect_code, expect_code_extended, message, Env};
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
+use common::{code, expect_code, expect_code_extended, message, scalar, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_scopes_per_role() {
@@ -20,8 +13,8 @@ async fn row_scopes_per_role() {
     // rita: Sales Representative, customers assigned
     let rita = env.connect("rita").await;
     assert_eq!(
-        count(&rita, "SELECT count(*) FROM customers").await,
-        count(
+        scalar(&rita, "SELECT count(*) FROM customers").await,
+        scalar(
             &direct,
             "SELECT count(*) FROM customers WHERE owner = 'rita'"
         )
@@ -29,28 +22,28 @@ async fn row_scopes_per_role() {
     );
     // orders inherit from customers (parent scope)
     assert_eq!(
-        count(&rita, "SELECT count(*) FROM orders").await,
-        count(&direct, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await
+        scalar(&rita, "SELECT count(*) FROM orders").await,
+        scalar(&direct, "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.owner = 'rita'").await
     );
     // maria: Manager, department tree of sales
     let maria = env.connect("maria").await;
     assert_eq!(
-        count(&maria, "SELECT count(*) FROM customers").await,
-        count(&direct, "SELECT count(*) FROM customers WHERE department IN ('sales','sales_east','sales_west')").await
+        scalar(&maria, "SELECT count(*) FROM customers").await,
+        scalar(&direct, "SELECT count(*) FROM customers WHERE department IN ('sales','sales_east','sales_west')").await
     );
     // tom: Telemarketer, department sales_west, phone invisible
     let tom = env.connect("tom").await;
     assert_eq!(
-        count(&tom, "SELECT count(*) FROM customers").await,
-        count(
+        scalar(&tom, "SELECT count(*) FROM customers").await,
+        scalar(
             &direct,
             "SELECT count(*) FROM customers WHERE department = 'sales_west'"
         )
         .await
     );
-    assert_eq!(count(&tom, "SELECT count(phone) FROM customers").await, 0);
+    assert_eq!(scalar(&tom, "SELECT count(phone) FROM customers").await, 0);
     assert_eq!(
-        count(
+        scalar(
             &tom,
             "SELECT count(*) FROM customers WHERE phone LIKE '+1%'"
         )
@@ -78,7 +71,7 @@ async fn row_scopes_per_role() {
     }
     // admin sees everything
     let admin = env.connect("admin").await;
-    assert_eq!(count(&admin, "SELECT count(*) FROM customers").await, 2000);
+    assert_eq!(scalar(&admin, "SELECT count(*) FROM customers").await, 2000);
 }
 
 mod rust_decimal_stub {
@@ -115,13 +108,13 @@ async fn refusals_are_postgres_errors_and_sessions_survive() {
     // DDL
     expect_code(&rita, "DROP TABLE customers", "42501").await;
     // session still usable
-    assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM products").await, 200);
     // inside a transaction a refusal aborts it
     rita.simple_query("BEGIN").await.unwrap();
     expect_code(&rita, "SELECT * FROM tickets", "42501").await;
     expect_code(&rita, "SELECT 1", "25P02").await;
     rita.simple_query("ROLLBACK").await.unwrap();
-    assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM products").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +278,7 @@ async fn limits_on_untrusted_sql_and_startup_options() {
     expect_code(&rita, &huge, "54000").await;
     expect_code(&rita, "SELECT * FROM \"cust\\omers\"", "0A000").await;
     // the session survives all of it
-    assert_eq!(count(&rita, "SELECT count(*) FROM products").await, 200);
+    assert_eq!(scalar(&rita, "SELECT count(*) FROM products").await, 200);
     // `options` from the client is never forwarded: search_path stays pinned
     let evil = common::connect_str(&format!(
         "{} options='-c search_path=pg_temp'",

@@ -187,6 +187,13 @@ async fn startup_settings_are_passed_on_or_named() {
         drop(client);
         driver.await.unwrap();
     }
+    // the warning comes where PostgreSQL's own startup warnings come: before ReadyForQuery
+    let raw =
+        common::RawClient::login_with(env.port(), "rita", &[("options", "-c search_path=x")]).await;
+    assert_eq!(
+        raw.login_notices,
+        ["pgveil did not pass these startup parameters on to PostgreSQL: options -c search_path"]
+    );
     // PostgreSQL's refusal of a bad value reaches the client as it would without pgveil
     let mut cfg: tokio_postgres::Config = env.conn_str("rita").parse().unwrap();
     cfg.options("-c statement_timeout=soon");
@@ -250,7 +257,8 @@ fn startup_packet(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
 
 /// Protocol negotiation as PostgreSQL 18 does it: 3.2 accepted as asked (with its longer
 /// cancel key, which works), a newer minor version or `_pq_.*` options answered with
-/// NegotiateProtocolVersion, another major version refused.
+/// NegotiateProtocolVersion, GSSAPI and TLS requests refused when not served, another major
+/// version refused with 0A000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_versions_are_negotiated_like_postgresql() {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -306,13 +314,37 @@ async fn protocol_versions_are_negotiated_like_postgresql() {
         assert_eq!(tag, b'R', "3.{minor} {options:?}: then authentication");
         assert_eq!(&body[0..4], &10u32.to_be_bytes(), "SASL");
     }
+    // GSSAPI encryption and TLS (this server has no certificate) refused with 'N', in either
+    // order, as PostgreSQL refuses them; the login goes on in plain text
+    for codes in [[80_877_104u32, 80_877_103], [80_877_103, 80_877_104]] {
+        let mut s = connect().await;
+        for code in codes {
+            let mut request = 8u32.to_be_bytes().to_vec();
+            request.extend_from_slice(&code.to_be_bytes());
+            s.write_all(&request).await.unwrap();
+            let mut answer = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut answer)
+                .await
+                .unwrap();
+            assert_eq!(&answer, b"N", "request {code} refused");
+        }
+        s.write_all(&startup_packet(3, 0, &login)).await.unwrap();
+        let (tag, body) = raw_message(&mut s).await;
+        assert_eq!((tag, &body[0..4]), (b'R', &10u32.to_be_bytes()[..]), "SASL");
+    }
     let mut s = connect().await;
     s.write_all(&startup_packet(2, 0, &login)).await.unwrap();
     let (tag, body) = raw_message(&mut s).await;
     assert_eq!(tag, b'E');
-    // (PostgreSQL says 0A000 "unsupported frontend protocol"; pgwire's decoder refuses any
-    // major version but 3 as an invalid packet)
-    assert!(String::from_utf8_lossy(&body).contains("08P01"), "{body:?}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("SFATAL\0") && body.contains("C0A000\0"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Munsupported frontend protocol 2.0: server supports 3.0 to 3.2\0"),
+        "{body}"
+    );
 
     // a whole 3.2 session: log in, take the (longer) cancel key, cancel a query with it
     let mut s = connect().await;
@@ -365,6 +397,38 @@ async fn protocol_versions_are_negotiated_like_postgresql() {
         }
         assert_ne!(tag, b'Z', "the query was cancelled, not finished");
     }
+}
+
+/// The cancel key a client gets names its PostgreSQL backend, as `pg_backend_pid()` does
+/// (psql's `%p`, libpq's PQbackendPID, tools that match pg_stat_activity); two open sessions
+/// never share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_key_names_the_postgresql_backend() {
+    use postgres_protocol::message::backend::Message;
+    let env = Env::start().await;
+    let mut pids = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut raw = common::RawClient::login(env.port(), "admin").await;
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query("SELECT pg_backend_pid()", &mut out).unwrap();
+        raw.send(&out).await;
+        let backend = loop {
+            if let Message::DataRow(row) = raw.next().await {
+                use fallible_iterator::FallibleIterator;
+                let range = row.ranges().next().unwrap().unwrap().unwrap();
+                let text = String::from_utf8_lossy(&row.buffer()[range]).into_owned();
+                break text.parse::<i32>().unwrap();
+            }
+        };
+        raw.until_ready().await;
+        assert_eq!(raw.pid, backend, "BackendKeyData names the backend");
+        pids.push(raw.pid);
+        open.push(raw);
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "one key per open session: {pids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,14 +495,7 @@ async fn protocol_features_pass_through() {
         .await
         .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    assert_eq!(
-        admin
-            .query_one("SELECT count(*) FROM t", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0),
-        2
-    );
+    assert_eq!(common::scalar(&admin, "SELECT count(*) FROM t").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,10 +750,7 @@ async fn an_upstream_that_never_answers_times_out_cleanly() {
 
 /// How many customers a client sees (fewer than all 2,000 for a restricted user).
 async fn customers_seen(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM customers", &[])
-        .await
-        .unwrap()
-        .get(0)
+    common::scalar(c, "SELECT count(*) FROM customers").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,27 +820,7 @@ async fn large_results_stream_without_buffering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_channel_binding_and_require_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("server.crt");
-    let key = dir.path().join("server.key");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
+    let (ca, cert, key) = ca_and_localhost_certificate(dir.path());
     let (c2, k2) = (cert.clone(), key.clone());
     let env = Env::start_with(move |c| {
         c.tls = Some(pgveil::config::TlsConfig {
@@ -853,6 +887,60 @@ async fn tls_with_channel_binding_and_require_tls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    direct_tls_logins(env.port(), &ca).await;
+}
+
+/// Direct TLS (PostgreSQL 17's `sslnegotiation=direct`): TLS from the first byte with ALPN
+/// "postgresql" leads to the login, and the startup packet inside is checked as in plain
+/// text (another major version: 0A000); without ALPN no login starts.
+async fn direct_tls_logins(port: u16, ca: &std::path::Path) {
+    use pgwire::tokio::tokio_rustls::{rustls, TlsConnector};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = |alpn: bool| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        if alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let login = [("user", "rita"), ("database", "crm")];
+    for (alpn, major, expected) in [(true, 3, b'R'), (true, 2, b'E'), (false, 3, 0)] {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector(alpn).connect(name, tcp).await.unwrap();
+        tls.write_all(&startup_packet(major, 0, &login))
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        // everything up to the end of the connection (or the first 9 bytes of a SASL request)
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !(answer.first() == Some(&b'R') && answer.len() >= 9) {
+            let read = tls.read(&mut chunk);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        match expected {
+            b'R' => assert_eq!(answer.get(5..9), Some(&10u32.to_be_bytes()[..]), "{text}"),
+            b'E' => assert!(text.contains("C0A000\0"), "{text}"),
+            _ => assert!(answer.is_empty(), "no login without ALPN: {text}"),
+        }
+    }
 }
 
 /// Shutdown: no new connections, open sessions go on for the grace period, then every
@@ -936,11 +1024,7 @@ async fn shutdown_lets_sessions_finish_then_ends_them_with_57p01() {
     })
     .await
     .expect("the PostgreSQL sessions end");
-    let rows: i64 = direct
-        .query_one("SELECT count(*) FROM shutdown_probe", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = common::scalar(&direct, "SELECT count(*) FROM shutdown_probe").await;
     assert_eq!(rows, 0, "the open transaction was rolled back");
     drop(in_tx);
 }
@@ -1153,13 +1237,11 @@ async fn a_second_sigterm_ends_sessions_at_once() {
     assert_eq!(code(&e), "57P01", "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_tls_verify_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("pg.crt");
-    let key = dir.path().join("pg.key");
-    // a CA and a server certificate for localhost signed by it (webpki rejects self-signed leaves)
-    let d = dir.path();
+/// A CA and a certificate for localhost signed by it, with its key (webpki rejects
+/// self-signed leaves): (ca.crt, pg.crt, pg.key) in `d`.
+fn ca_and_localhost_certificate(
+    d: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(
         d.join("ext.cnf"),
         "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
@@ -1184,7 +1266,13 @@ async fn upstream_tls_verify_full() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let ca = d.join("ca.crt");
+    (d.join("ca.crt"), d.join("pg.crt"), d.join("pg.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verify_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_localhost_certificate(dir.path());
     let _ = std::process::Command::new("chown")
         .args(["postgres:postgres"])
         .arg(&key)
@@ -1223,19 +1311,11 @@ async fn upstream_tls_verify_full() {
     ))
     .await
     .unwrap();
-    let n: i64 = rita
-        .query_one("SELECT count(*) FROM products", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = common::scalar(&rita, "SELECT count(*) FROM products").await;
     assert_eq!(n, 200);
     // the upstream session really is TLS
     let direct = common::connect_str(&pg.conn_str("crm")).await.unwrap();
-    let ssl: i64 = direct
-        .query_one("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'pgveil_service'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let ssl: i64 = common::scalar(&direct, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'pgveil_service'").await;
     assert!(ssl >= 1);
     running.shutdown().await;
 }
@@ -1475,11 +1555,7 @@ async fn sessions_that_end_busy_are_not_reused() {
     sessions_ended(&env).await;
     assert_eq!(pool.idle(), 0, "session with a forwarded cancel was kept");
 
-    let rows: i64 = direct
-        .query_one("SELECT count(*) FROM pool_writes", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = common::scalar(&direct, "SELECT count(*) FROM pool_writes").await;
     assert_eq!(rows, 0, "unfinished work was committed");
 }
 

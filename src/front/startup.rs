@@ -12,8 +12,11 @@ use futures::{SinkExt, StreamExt};
 use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::{save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
-use pgwire::api::ClientInfo;
+use pgwire::api::RandomPidSecretKeyGenerator;
+use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator};
 use pgwire::error::ErrorInfo;
+use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
 use pgwire::messages::startup::{NegotiateProtocolVersion, SecretKey, Startup};
 use pgwire::messages::ProtocolVersion;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -94,6 +97,19 @@ async fn handshake_inner(
     let Ok(Some(mut front)) = negotiate_tls::<()>(tcp, server.tls_acceptor.clone()).await else {
         return Handshake::Closed;
     };
+    match other_major_version(&mut front).await {
+        Ok(None) => {}
+        Ok(Some((major, minor))) => {
+            let why = format!(
+                "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
+            );
+            fail(&mut front, ClientError::FeatureUnsupported(why)).await;
+            return Handshake::Closed;
+        }
+        Err(_) => return Handshake::Closed,
+    }
+    // rebuilt, so that the decoder looks at the bytes read ahead before it reads more
+    let mut front = Framed::from_parts(front.into_parts());
     let startup = match front.next().await {
         Some(Ok(PgWireFrontendMessage::Startup(s))) => s,
         Some(Ok(PgWireFrontendMessage::CancelRequest(c))) => {
@@ -146,6 +162,27 @@ async fn handshake_inner(
     }
 }
 
+/// The protocol version of a startup packet whose major version is not 3 (PostgreSQL refuses
+/// it with 0A000; pgwire's decoder would call it an invalid packet, 08P01). Reads the packet's
+/// first 8 bytes into the read buffer, ahead of the decoder; special requests (cancel, TLS,
+/// GSS: major version 1234) are the decoder's.
+async fn other_major_version(front: &mut Front) -> std::io::Result<Option<(u16, u16)>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8];
+    while front.read_buffer().len() < 8 {
+        let want = 8 - front.read_buffer().len();
+        let n = front.get_mut().read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        front.read_buffer_mut().extend_from_slice(&chunk[..n]);
+    }
+    let b = &front.read_buffer()[4..8];
+    let major = u16::from_be_bytes([b[0], b[1]]);
+    let minor = u16::from_be_bytes([b[2], b[3]]);
+    Ok((major != 3 && major != 1234).then_some((major, minor)))
+}
+
 async fn fail(front: &mut Front, e: ClientError) {
     let _ = front
         .send(PgWireBackendMessage::ErrorResponse(e.to_error_response()))
@@ -186,18 +223,12 @@ fn validate_startup(server: &Server, startup: &Startup) -> Result<(String, Sorte
     Ok((user.clone(), sorted))
 }
 
-/// The protocol version, as PostgreSQL 18 negotiates it: major version 3 only (pgwire's
-/// decoder already refuses others as invalid startup packets, 08P01); minor
-/// versions up to 3.2 as asked (3.2: longer cancel keys); a client asking for a newer minor
+/// The protocol version, as PostgreSQL 18 negotiates it (other major versions are refused
+/// before, by `other_major_version`): minor versions up to 3.2 as asked (3.2: longer cancel keys); a client asking for a newer minor
 /// version or for protocol options (`_pq_.*`, none of which pgveil knows) is told with
 /// NegotiateProtocolVersion what it gets: 3.2 at most, and none of the options.
 async fn negotiate_protocol(front: &mut Front, startup: &Startup) -> Result<(), ClientError> {
-    let (major, minor) = (startup.protocol_number_major, startup.protocol_number_minor);
-    if major != 3 {
-        return Err(ClientError::FeatureUnsupported(format!(
-            "unsupported frontend protocol {major}.{minor}: pgveil supports 3.0 to 3.2"
-        )));
-    }
+    let minor = startup.protocol_number_minor;
     let version = if minor >= 2 {
         ProtocolVersion::PROTOCOL3_2
     } else {
@@ -242,8 +273,8 @@ fn upstream_refusal(e: UpstreamError) -> ClientError {
     }
 }
 
-/// The warning that names the startup parameters pgveil did not pass on (sent right after
-/// ReadyForQuery: a notice may come at any time, and libpq refuses one during authentication).
+/// The warning that names the startup parameters pgveil did not pass on (sent after
+/// AuthenticationOk, before ReadyForQuery, where PostgreSQL sends its own startup warnings).
 fn left_out_warning(names: &[String]) -> PgWireBackendMessage {
     let mut info = ErrorInfo::new(
         "WARNING".into(),
@@ -259,6 +290,46 @@ fn left_out_warning(names: &[String]) -> PgWireBackendMessage {
             .into(),
     );
     PgWireBackendMessage::NoticeResponse(info.into())
+}
+
+/// End the login as PostgreSQL ends it: the SASL outcome, AuthenticationOk, the server's
+/// parameters, the cancel key, the warning about startup parameters left out (if any), then
+/// ReadyForQuery. The cancel key's pid is the PostgreSQL backend's, as `pg_backend_pid()`
+/// shows it (unique among open sessions, so no two sessions can share a key); its secret is
+/// pgveil's own, at the length the protocol version asks for.
+async fn finish_login(
+    front: &mut Front,
+    final_message: Option<Authentication>,
+    backend_pid: i32,
+    left_out: &[String],
+) -> Result<(), std::io::Error> {
+    if let Some(m) = final_message {
+        front.feed(PgWireBackendMessage::Authentication(m)).await?;
+    }
+    let (_, secret) = RandomPidSecretKeyGenerator::default().generate(front);
+    front.set_pid_and_secret_key(backend_pid, secret.clone());
+    front
+        .feed(PgWireBackendMessage::Authentication(Authentication::Ok))
+        .await?;
+    for (name, value) in RelayParams.server_parameters(front).unwrap_or_default() {
+        let status = ParameterStatus::new(name, value);
+        front
+            .feed(PgWireBackendMessage::ParameterStatus(status))
+            .await?;
+    }
+    let key = BackendKeyData::new(backend_pid, secret);
+    front
+        .feed(PgWireBackendMessage::BackendKeyData(key))
+        .await?;
+    if !left_out.is_empty() {
+        front.feed(left_out_warning(left_out)).await?;
+    }
+    let ready = ReadyForQuery::new(TransactionStatus::Idle);
+    front
+        .send(PgWireBackendMessage::ReadyForQuery(ready))
+        .await?;
+    front.set_state(PgWireConnectionState::ReadyForQuery);
+    Ok(())
 }
 
 struct Authenticated {
@@ -321,13 +392,9 @@ async fn authenticate(
                 front
                     .session_extensions()
                     .insert(UpstreamParams(upstream.params.clone()));
-                driver
-                    .complete_authentication(front, final_message)
+                finish_login(front, final_message, upstream.pid, &left_out)
                     .await
                     .map_err(|_| ClientError::Protocol("could not complete startup".into()))?;
-                if !left_out.is_empty() {
-                    let _ = front.send(left_out_warning(&left_out)).await;
-                }
                 let client_key = front.pid_and_secret_key();
                 let application_name = startup
                     .parameters

@@ -181,10 +181,20 @@ pub async fn copy_out_bytes(c: &Client, sql: &str) -> Vec<u8> {
 pub struct RawClient {
     stream: tokio::net::TcpStream,
     buf: bytes::BytesMut,
+    /// The pid of the cancel key (BackendKeyData) the login ended with.
+    pub pid: i32,
+    /// The messages of the notices that came during login, before ReadyForQuery.
+    pub login_notices: Vec<String>,
 }
 
 impl RawClient {
     pub async fn login(port: u16, user: &str) -> RawClient {
+        Self::login_with(port, user, &[]).await
+    }
+
+    /// Log in with more startup parameters.
+    pub async fn login_with(port: u16, user: &str, params: &[(&str, &str)]) -> RawClient {
+        use fallible_iterator::FallibleIterator;
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         use postgres_protocol::message::backend::Message;
         use postgres_protocol::message::frontend;
@@ -194,9 +204,12 @@ impl RawClient {
         let mut c = RawClient {
             stream,
             buf: bytes::BytesMut::new(),
+            pid: 0,
+            login_notices: Vec::new(),
         };
         let mut out = bytes::BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "crm")], &mut out).unwrap();
+        let login = [("user", user), ("database", "crm")];
+        frontend::startup_message(login.iter().chain(params).copied(), &mut out).unwrap();
         c.send(&out).await;
         let password = pgveil::demo::password(user);
         let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
@@ -215,6 +228,16 @@ impl RawClient {
                     c.send(&out).await;
                 }
                 Message::AuthenticationSaslFinal(b) => scram.finish(b.data()).unwrap(),
+                Message::BackendKeyData(k) => c.pid = k.process_id(),
+                Message::NoticeResponse(n) => {
+                    let mut fields = n.fields();
+                    while let Some(f) = fields.next().unwrap() {
+                        if f.type_() == b'M' {
+                            c.login_notices
+                                .push(String::from_utf8_lossy(f.value_bytes()).into());
+                        }
+                    }
+                }
                 Message::ReadyForQuery(_) => return c,
                 Message::ErrorResponse(_) => panic!("login as {user} failed"),
                 _ => {}
@@ -286,6 +309,14 @@ impl RawClient {
 }
 
 /// The first column of every row of `sql` (extended protocol), as text values.
+/// The one int8 value a statement returns (a count); panics with the statement on error.
+pub async fn scalar(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 pub async fn first_column(c: &Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])
         .await
