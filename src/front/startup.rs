@@ -12,8 +12,8 @@ use futures::{SinkExt, StreamExt};
 use pgwire::api::auth::driver::AuthOutcome;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::{save_startup_parameters_to_metadata, AuthDriver, ServerParameterProvider};
-use pgwire::api::RandomPidSecretKeyGenerator;
-use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator};
+use pgwire::api::{ClientInfo, PgWireConnectionState};
+use pgwire::api::{PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::error::ErrorInfo;
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus};
@@ -224,9 +224,10 @@ fn validate_startup(server: &Server, startup: &Startup) -> Result<(String, Sorte
 }
 
 /// The protocol version, as PostgreSQL 18 negotiates it (other major versions are refused
-/// before, by `other_major_version`): minor versions up to 3.2 as asked (3.2: longer cancel keys); a client asking for a newer minor
-/// version or for protocol options (`_pq_.*`, none of which pgveil knows) is told with
-/// NegotiateProtocolVersion what it gets: 3.2 at most, and none of the options.
+/// before, by `other_major_version`): minor versions up to 3.2 as asked (3.2: longer cancel
+/// keys); a client asking for a newer minor version or for protocol options (`_pq_.*`, none
+/// of which pgveil knows) is told with NegotiateProtocolVersion what it gets: 3.2 at most,
+/// and none of the options.
 async fn negotiate_protocol(front: &mut Front, startup: &Startup) -> Result<(), ClientError> {
     let minor = startup.protocol_number_minor;
     let version = if minor >= 2 {
