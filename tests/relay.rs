@@ -401,7 +401,7 @@ async fn protocol_versions_are_negotiated_like_postgresql() {
 
 /// The cancel key a client gets names its PostgreSQL backend, as `pg_backend_pid()` does
 /// (psql's `%p`, libpq's PQbackendPID, tools that match pg_stat_activity); two open sessions
-/// never share one.
+/// never share one. The login's ParameterStatus messages come in PostgreSQL's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cancel_key_names_the_postgresql_backend() {
     use postgres_protocol::message::backend::Message;
@@ -423,6 +423,15 @@ async fn the_cancel_key_names_the_postgresql_backend() {
         };
         raw.until_ready().await;
         assert_eq!(raw.pid, backend, "BackendKeyData names the backend");
+        // the server's parameters come in PostgreSQL 15's order (by name, case-insensitively)
+        let mut ordered = raw.login_parameters.clone();
+        ordered.sort_by_key(|n| n.to_lowercase());
+        assert_eq!(raw.login_parameters, ordered);
+        assert!(
+            raw.login_parameters.len() > 10,
+            "{:?}",
+            raw.login_parameters
+        );
         pids.push(raw.pid);
         open.push(raw);
     }

@@ -294,7 +294,7 @@ fn left_out_warning(names: &[String]) -> PgWireBackendMessage {
 }
 
 /// End the login as PostgreSQL ends it: the SASL outcome, AuthenticationOk, the server's
-/// parameters, the cancel key, the warning about startup parameters left out (if any), then
+/// parameters (by name, case-insensitively, as PostgreSQL 15 orders them), the cancel key, the warning about startup parameters left out (if any), then
 /// ReadyForQuery. The cancel key's pid is the PostgreSQL backend's, as `pg_backend_pid()`
 /// shows it (unique among open sessions, so no two sessions can share a key); its secret is
 /// pgveil's own, at the length the protocol version asks for.
@@ -312,7 +312,13 @@ async fn finish_login(
     front
         .feed(PgWireBackendMessage::Authentication(Authentication::Ok))
         .await?;
-    for (name, value) in RelayParams.server_parameters(front).unwrap_or_default() {
+    let mut params: Vec<_> = RelayParams
+        .server_parameters(front)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    params.sort_by_cached_key(|(name, _)| name.to_lowercase()); // PostgreSQL's order
+    for (name, value) in params {
         let status = ParameterStatus::new(name, value);
         front
             .feed(PgWireBackendMessage::ParameterStatus(status))

@@ -185,6 +185,8 @@ pub struct RawClient {
     pub pid: i32,
     /// The messages of the notices that came during login, before ReadyForQuery.
     pub login_notices: Vec<String>,
+    /// The names of the ParameterStatus messages of the login, in their order.
+    pub login_parameters: Vec<String>,
 }
 
 impl RawClient {
@@ -206,6 +208,7 @@ impl RawClient {
             buf: bytes::BytesMut::new(),
             pid: 0,
             login_notices: Vec::new(),
+            login_parameters: Vec::new(),
         };
         let mut out = bytes::BytesMut::new();
         let login = [("user", user), ("database", "crm")];
@@ -229,6 +232,7 @@ impl RawClient {
                 }
                 Message::AuthenticationSaslFinal(b) => scram.finish(b.data()).unwrap(),
                 Message::BackendKeyData(k) => c.pid = k.process_id(),
+                Message::ParameterStatus(p) => c.login_parameters.push(p.name().unwrap().into()),
                 Message::NoticeResponse(n) => {
                     let mut fields = n.fields();
                     while let Some(f) = fields.next().unwrap() {
