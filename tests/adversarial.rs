@@ -504,6 +504,69 @@ async fn error_oracle_does_not_reveal_out_of_scope_rows() {
         .unwrap()
         .get(0);
     let maria = env.connect("maria").await;
+    // a parent scope (payments of orders of maria's customers) is a semi-join PostgreSQL may
+    // run after the scan's own conditions; a cast of a value to bool failing on a row outside
+    // the scope would show that value (it did: the amount of a payment she cannot see)
+    let (pay, amount): (i32, String) = {
+        let row = direct
+            .query_one(
+                "SELECT p.id, p.amount::text FROM payments p JOIN orders o ON o.id = p.order_id \
+                 JOIN customers c ON c.id = o.customer_id WHERE c.department = 'service' \
+                 ORDER BY p.id LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let visible = scalar(&maria, "SELECT count(*) FROM payments").await;
+    assert!(visible > 0);
+    let counts = [
+        format!("SELECT count(*) FROM payments WHERE (CASE WHEN id = {pay} THEN amount::text ELSE 'true' END)::bool"),
+        format!("SELECT count(*) FROM payments WHERE 1 / (id - {pay}) > -100"),
+        format!("SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id WHERE 1 / (p.id - {pay}) > -100"),
+        format!("WITH s AS (SELECT id FROM payments WHERE 1 / (id - {pay}) > -100) SELECT count(*) FROM s"),
+        format!("SELECT count(*) FROM (SELECT id, 1 / (id - {pay}) AS x FROM payments) s WHERE x > -100"),
+        format!("SELECT count(*) FROM payments WHERE id IN (SELECT id FROM payments WHERE 1 / (id - {pay}) > -100)"),
+    ];
+    for sql in &counts {
+        for extended in [false, true] {
+            let r = if extended {
+                maria
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0))
+            } else {
+                maria.simple_query(sql).await.map(|m| match &m[1] {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get(0).unwrap().parse().unwrap()
+                    }
+                    other => panic!("{other:?}"),
+                })
+            };
+            match r {
+                Ok(n) => assert_eq!(n, visible, "{sql}"),
+                Err(e) => panic!("ORACLE ({amount}): {sql} raised {e}"),
+            }
+        }
+    }
+    let r = maria
+        .simple_query(&format!(
+            "SELECT id FROM payments WHERE id = {pay} AND 1 / (id - {pay}) > 0"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("ORACLE: payment {pay} exists: {e}"));
+    assert!(
+        !r.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))),
+        "no row: {r:?}"
+    );
+    // an error on a row she sees may show that row's value, never one outside her scope
+    let e = maria
+        .simple_query("SELECT count(*) FROM customers WHERE (CASE WHEN department = 'service' THEN name ELSE department END)::bool")
+        .await
+        .expect_err("her departments are not booleans");
+    assert!(common::message(&e).contains("\"sales"), "{e}");
     for sql in [
         format!("SELECT count(*) FROM customers WHERE 1 / (id - {svc}) > -100"),
         format!("SELECT count(*) FROM customers WHERE (id - {svc}) / (id - {svc}) = 1"),

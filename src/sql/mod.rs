@@ -6,6 +6,7 @@
 mod admin;
 pub mod bind;
 mod functions;
+mod leakproof;
 mod normalize;
 mod password;
 mod policy_sql;
@@ -200,6 +201,24 @@ impl<'a> Cx<'a> {
             .map_err(|e| (*e).clone())?;
         self.generated.borrow_mut().extend(entry.1.iter().cloned());
         Ok(entry.0.clone())
+    }
+
+    /// The policy subquery of `o` behind a fence (`OFFSET 0`): PostgreSQL neither flattens it
+    /// nor pushes conditions into it, so its scope filters every row first (see
+    /// [`leakproof`]); registered as trusted for the re-check.
+    pub fn fenced_policy_subquery(&self, o: &ObjectPolicy) -> Result<Query, ClientError> {
+        use sqlparser::ast::{LimitClause, Offset, OffsetRows, Value};
+        let mut q = self.policy_subquery(o)?;
+        q.limit_clause = Some(LimitClause::LimitOffset {
+            limit: None,
+            offset: Some(Offset {
+                value: Expr::value(Value::Number("0".into(), false)),
+                rows: OffsetRows::None,
+            }),
+            limit_by: Vec::new(),
+        });
+        self.generated.borrow_mut().insert(q.clone());
+        Ok(q)
     }
 
     /// The scope of `o` as a predicate on `alias`, when the table may be read in place

@@ -12,7 +12,7 @@ use sqlparser::ast::{
 };
 
 use super::resolve::{fold, parts, resolve, Resolved};
-use super::{functions, Cx};
+use super::{functions, leakproof, Cx};
 use crate::error::ClientError;
 
 struct Frame {
@@ -119,6 +119,9 @@ pub struct ReadPass<'c, 'a> {
     /// statement names no system column, which a table read in place would expose and a
     /// policy subquery does not.
     in_place_ok: bool,
+    /// Rewrite: the statement has an expression that could fail on a row outside the scope,
+    /// so every protected table is read through a fenced policy subquery (see `leakproof`).
+    fence: bool,
 }
 
 fn addr(q: &Query) -> usize {
@@ -134,6 +137,7 @@ impl<'c, 'a> ReadPass<'c, 'a> {
             selects: Vec::new(),
             trusted: Vec::new(),
             in_place_ok: false,
+            fence: false,
         }
     }
 
@@ -143,8 +147,25 @@ impl<'c, 'a> ReadPass<'c, 'a> {
         mode: Mode,
         node: &mut T,
     ) -> Result<(), ClientError> {
+        let fence = mode == Mode::Rewrite && leakproof::needs_fence(node);
+        Self::run_fenced(cx, mode, node, fence)
+    }
+
+    /// Rewrite (or verify) a whole query (whose outermost output clauses run last).
+    pub fn run_query(cx: &'c Cx<'a>, mode: Mode, q: &mut Query) -> Result<(), ClientError> {
+        let fence = mode == Mode::Rewrite && leakproof::query_needs_fence(q);
+        Self::run_fenced(cx, mode, q, fence)
+    }
+
+    fn run_fenced<T: VisitMut + Visit>(
+        cx: &'c Cx<'a>,
+        mode: Mode,
+        node: &mut T,
+        fence: bool,
+    ) -> Result<(), ClientError> {
         let mut pass = ReadPass::new(cx, mode);
-        pass.in_place_ok = !names_system_column(node);
+        pass.fence = fence;
+        pass.in_place_ok = !fence && !names_system_column(node);
         match node.visit(&mut pass) {
             ControlFlow::Break(e) => Err(e),
             ControlFlow::Continue(()) => Ok(()),
@@ -272,7 +293,11 @@ impl<'c, 'a> ReadPass<'c, 'a> {
                 return Ok(());
             }
         }
-        let subquery = self.cx.policy_subquery(o)?;
+        let subquery = if self.fence {
+            self.cx.fenced_policy_subquery(o)?
+        } else {
+            self.cx.policy_subquery(o)?
+        };
         *tf = TableFactor::Derived {
             lateral: false,
             subquery: Box::new(subquery),

@@ -81,7 +81,7 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
             if let Some(result) = super::admin::admin_call(cx, q) {
                 return result.map(|_| None);
             }
-            ReadPass::run(cx, Mode::Rewrite, q.as_mut())?;
+            ReadPass::run_query(cx, Mode::Rewrite, q.as_mut())?;
             Ok(row_limit(cx, q))
         }
         Statement::Insert(i) => write::insert(cx, i).map(|_| None),
@@ -109,7 +109,7 @@ pub fn enforce(cx: &Cx<'_>, stmt: &mut Statement) -> Result<Option<Wrap>, Client
         Statement::Declare { stmts } => {
             for d in stmts {
                 if let Some(q) = &mut d.for_query {
-                    ReadPass::run(cx, Mode::Rewrite, q.as_mut())?;
+                    ReadPass::run_query(cx, Mode::Rewrite, q.as_mut())?;
                 }
             }
             Ok(None)
