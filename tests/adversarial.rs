@@ -578,6 +578,70 @@ async fn error_oracle_does_not_reveal_out_of_scope_rows() {
     }
 }
 
+/// The error oracle through writes: the WHERE of an UPDATE or DELETE (and the count behind
+/// the bulk limit) never sees a row outside the scope, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_oracle_through_writes_reveals_nothing() {
+    let env = Env::start().await;
+    let direct = env.direct().await;
+    let outside = |owner_cond: &'static str| {
+        let direct = &direct;
+        async move {
+            let row = direct
+                .query_one(
+                    &format!(
+                        "SELECT o.id, o.amount::text FROM orders o JOIN customers c \
+                         ON c.id = o.customer_id WHERE {owner_cond} ORDER BY o.id LIMIT 1"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i32>(0), row.get::<_, String>(1))
+        }
+    };
+    let before = scalar(&direct, "SELECT count(*) FROM orders WHERE status = 'paid'").await;
+    // rita edits her customers' orders (a parent scope); maria deletes her departments' orders
+    let (ord, amount) = outside("c.owner <> 'rita'").await;
+    let rita = env.connect("rita").await;
+    let (svc, svc_amount) = outside("c.department = 'service'").await;
+    let maria = env.connect("maria").await;
+    let oracle = |id: i32| format!("(CASE WHEN id = {id} THEN amount::text ELSE 'true' END)::bool");
+    let cases = [
+        (&rita, format!("UPDATE orders SET status = status WHERE id = {ord} AND {}", oracle(ord)), &amount),
+        (&rita, format!("UPDATE orders SET status = 'paid' WHERE {}", oracle(ord)), &amount),
+        (&rita, format!("UPDATE orders SET status = status WHERE id = {ord} AND 1 / (id - {ord}) > 0"), &amount),
+        (&rita, format!("UPDATE customers SET name = name FROM orders o WHERE o.customer_id = customers.id AND o.id = {ord} AND {}", oracle(ord).replace("id =", "o.id =").replace("amount", "o.amount")), &amount),
+        (&maria, format!("DELETE FROM orders WHERE id = {svc} AND {}", oracle(svc)), &svc_amount),
+        (&maria, format!("DELETE FROM orders WHERE 1 / (id - {svc}) > 1"), &svc_amount),
+    ];
+    for (client, sql, secret) in cases {
+        client.batch_execute("BEGIN").await.unwrap();
+        let r = client.execute(sql.as_str(), &[]).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+        match r {
+            Ok(n) => assert!(n == 0 || sql.contains("'paid'"), "{sql}: {n} rows"),
+            Err(e) => {
+                // refusals such as the bulk limit are fine; an error from a row outside is not
+                let text = format!("{e} {}", common::message(&e));
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "ORACLE ({secret}): {sql} raised {text}"
+                );
+                assert!(
+                    !text.contains("division by zero") && !text.contains("invalid input syntax"),
+                    "ORACLE: {sql} raised {text}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        scalar(&direct, "SELECT count(*) FROM orders WHERE status = 'paid'").await,
+        before,
+        "nothing written"
+    );
+}
+
 /// Reads hidden inside writes: UPDATE … FROM, DELETE … USING, INSERT … SELECT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_inside_writes_are_scoped() {

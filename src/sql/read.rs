@@ -157,7 +157,8 @@ impl<'c, 'a> ReadPass<'c, 'a> {
         Self::run_fenced(cx, mode, q, fence)
     }
 
-    fn run_fenced<T: VisitMut + Visit>(
+    /// Rewrite (or verify) `node`, with or without fenced policy subqueries.
+    pub fn run_fenced<T: VisitMut + Visit>(
         cx: &'c Cx<'a>,
         mode: Mode,
         node: &mut T,

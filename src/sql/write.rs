@@ -14,7 +14,7 @@ use sqlparser::ast::{
 use super::policy_sql::{ident, literal, pred_sql};
 use super::read::{Mode, ReadPass};
 use super::resolve::{fold, parts, resolve, Resolved};
-use super::Cx;
+use super::{leakproof, Cx};
 use crate::error::ClientError;
 use crate::policy::compile::{Atom, ColumnRead, ObjectPolicy, RowPred};
 
@@ -134,6 +134,23 @@ fn and(existing: Option<Expr>, extra: Expr) -> Expr {
     }
 }
 
+/// The user's WHERE on a write target, behind the target's scope when it has an expression
+/// that could fail on a row outside the scope (see `leakproof`): `CASE WHEN <scope> THEN
+/// (<where>) ELSE FALSE END`, which PostgreSQL evaluates in that order.
+fn guarded_where(
+    cx: &Cx<'_>,
+    selection: Option<Expr>,
+    scope: &str,
+    fence: bool,
+) -> Result<Option<Expr>, ClientError> {
+    match selection {
+        Some(w) if fence => Ok(Some(cx.parse_generated_expr(&format!(
+            "CASE WHEN {scope} THEN ({w}) ELSE FALSE END"
+        ))?)),
+        other => Ok(other),
+    }
+}
+
 /// Columns a predicate depends on.
 fn pred_columns(o: &ObjectPolicy, p: &RowPred) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -222,14 +239,19 @@ fn bulk_check(
     cx.parse_generated_expr(&text).map(Some)
 }
 
-/// Rows of the target in a scope, as a trusted derived table for counting.
+/// Rows of the target in a scope, as a trusted derived table for counting (behind a fence
+/// when the statement's WHERE could fail on a row outside the scope).
 fn scoped_target(
     cx: &Cx<'_>,
     o: &ObjectPolicy,
     p: &RowPred,
     alias: &str,
+    fence: bool,
 ) -> Result<String, ClientError> {
-    let inner = super::policy_sql::scoped_rows(cx.eff, o, p);
+    let mut inner = super::policy_sql::scoped_rows(cx.eff, o, p);
+    if fence {
+        inner.push_str(" OFFSET 0");
+    }
     cx.register_query_text(&inner)?;
     Ok(format!("({inner}) AS {}", ident(alias)))
 }
@@ -263,14 +285,18 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
     }
     refuse_hidden_refs(o, &alias, &u.assignments)?;
     refuse_hidden_refs(o, &alias, &u.selection)?;
+    // the new values are computed on rows that passed every condition: no fence for them
+    let fence = leakproof::needs_fence(&u.from) || leakproof::needs_fence(&u.selection);
     if let Some(from) = &mut u.from {
-        ReadPass::run(cx, Mode::Rewrite, from)?;
+        ReadPass::run_fenced(cx, Mode::Rewrite, from, fence)?;
     }
     ReadPass::run(cx, Mode::Rewrite, &mut u.assignments)?;
-    ReadPass::run(cx, Mode::Rewrite, &mut u.selection)?;
+    ReadPass::run_fenced(cx, Mode::Rewrite, &mut u.selection, fence)?;
     let qual = |c: &str| format!("{}.{}", ident(&alias), ident(c));
     let original_where = u.selection.clone();
-    let mut conds = vec![pred_sql(cx.eff, o, &o.edit, &qual, 0)];
+    let scope = pred_sql(cx.eff, o, &o.edit, &qual, 0);
+    u.selection = guarded_where(cx, u.selection.take(), &scope, fence)?;
+    let mut conds = vec![scope];
     for c in &assigned {
         if let Some(col) = o.column(c) {
             if col.edit != o.edit && col.edit != RowPred::All {
@@ -317,7 +343,7 @@ pub fn update(cx: &Cx<'_>, u: &mut Update) -> Result<(), ClientError> {
     };
     let count = format!(
         "SELECT count(*) FROM {}{from_items}{}",
-        scoped_target(cx, o, &o.edit, &alias)?,
+        scoped_target(cx, o, &o.edit, &alias, fence)?,
         original_where
             .map(|w| format!(" WHERE {w}"))
             .unwrap_or_default()
@@ -348,15 +374,17 @@ pub fn delete(cx: &Cx<'_>, d: &mut Delete) -> Result<(), ClientError> {
     require(o, "delete")?;
     let alias = alias.unwrap_or_else(|| o.table.clone());
     refuse_hidden_refs(o, &alias, &d.selection)?;
+    let fence = leakproof::needs_fence(&d.using) || leakproof::needs_fence(&d.selection);
     if let Some(using) = &mut d.using {
-        ReadPass::run(cx, Mode::Rewrite, using)?;
+        ReadPass::run_fenced(cx, Mode::Rewrite, using, fence)?;
     }
-    ReadPass::run(cx, Mode::Rewrite, &mut d.selection)?;
+    ReadPass::run_fenced(cx, Mode::Rewrite, &mut d.selection, fence)?;
     let qual = |c: &str| format!("{}.{}", ident(&alias), ident(c));
     let original_where = d.selection.clone();
+    let scope = pred_sql(cx.eff, o, &o.delete, &qual, 0);
     let mut selection = Some(and(
-        d.selection.take(),
-        cx.parse_generated_expr(&pred_sql(cx.eff, o, &o.delete, &qual, 0))?,
+        guarded_where(cx, d.selection.take(), &scope, fence)?,
+        cx.parse_generated_expr(&scope)?,
     ));
     let using = d
         .using
@@ -365,7 +393,7 @@ pub fn delete(cx: &Cx<'_>, d: &mut Delete) -> Result<(), ClientError> {
         .unwrap_or_default();
     let count = format!(
         "SELECT count(*) FROM {}{using}{}",
-        scoped_target(cx, o, &o.delete, &alias)?,
+        scoped_target(cx, o, &o.delete, &alias, fence)?,
         original_where
             .map(|w| format!(" WHERE {w}"))
             .unwrap_or_default()
