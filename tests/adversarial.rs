@@ -578,8 +578,9 @@ async fn error_oracle_does_not_reveal_out_of_scope_rows() {
     }
 }
 
-/// The error oracle through writes: the WHERE of an UPDATE or DELETE (and the count behind
-/// the bulk limit) never sees a row outside the scope, and nothing is written.
+/// The error oracle through writes: the WHERE of an UPDATE, a DELETE or an INSERT's ON
+/// CONFLICT DO UPDATE (and the count behind the bulk limit) never sees a row outside the
+/// scope, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_oracle_through_writes_reveals_nothing() {
     let env = Env::start().await;
@@ -604,6 +605,11 @@ async fn error_oracle_through_writes_reveals_nothing() {
     // rita edits her customers' orders (a parent scope); maria deletes her departments' orders
     let (ord, amount) = outside("c.owner <> 'rita'").await;
     let rita = env.connect("rita").await;
+    let mine: i32 = direct
+        .query_one("SELECT min(id) FROM customers WHERE owner = 'rita'", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (svc, svc_amount) = outside("c.department = 'service'").await;
     let maria = env.connect("maria").await;
     let oracle = |id: i32| format!("(CASE WHEN id = {id} THEN amount::text ELSE 'true' END)::bool");
@@ -612,6 +618,7 @@ async fn error_oracle_through_writes_reveals_nothing() {
         (&rita, format!("UPDATE orders SET status = 'paid' WHERE {}", oracle(ord)), &amount),
         (&rita, format!("UPDATE orders SET status = status WHERE id = {ord} AND 1 / (id - {ord}) > 0"), &amount),
         (&rita, format!("UPDATE customers SET name = name FROM orders o WHERE o.customer_id = customers.id AND o.id = {ord} AND {}", oracle(ord).replace("id =", "o.id =").replace("amount", "o.amount")), &amount),
+        (&rita, format!("INSERT INTO orders (id, customer_id, amount, status) VALUES ({ord}, {mine}, 1, 'new') ON CONFLICT (id) DO UPDATE SET status = excluded.status WHERE {}", oracle(ord).replace("id =", "orders.id =").replace("amount", "orders.amount")), &amount),
         (&maria, format!("DELETE FROM orders WHERE id = {svc} AND {}", oracle(svc)), &svc_amount),
         (&maria, format!("DELETE FROM orders WHERE 1 / (id - {svc}) > 1"), &svc_amount),
     ];

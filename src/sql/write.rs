@@ -474,10 +474,12 @@ pub fn insert(cx: &Cx<'_>, i: &mut Insert) -> Result<(), ClientError> {
             refuse_hidden_refs(o, &alias, &du.assignments)?;
             refuse_hidden_refs(o, &alias, &du.selection)?;
             ReadPass::run(cx, Mode::Rewrite, &mut du.assignments)?;
-            ReadPass::run(cx, Mode::Rewrite, &mut du.selection)?;
+            let fence = leakproof::needs_fence(&du.selection);
+            ReadPass::run_fenced(cx, Mode::Rewrite, &mut du.selection, fence)?;
             let qual = |c: &str| format!("{}.{}", ident(&alias), ident(c));
-            let scope = cx.parse_generated_expr(&pred_sql(cx.eff, o, &o.edit, &qual, 0))?;
-            du.selection = Some(and(du.selection.take(), scope));
+            let scope = pred_sql(cx.eff, o, &o.edit, &qual, 0);
+            let guarded = guarded_where(cx, du.selection.take(), &scope, fence)?;
+            du.selection = Some(and(guarded, cx.parse_generated_expr(&scope)?));
         }
     } else if i.on.is_some() {
         return Err(ClientError::unsupported(
