@@ -8,10 +8,12 @@
 //! `CAST(amount AS text)::bool`) would then fail on a row outside the scope, and its error says
 //! what is in that row. PostgreSQL's row-level security lets only leakproof conditions run
 //! before the policy; pgveil does the same in two steps. A statement whose conditions are all
-//! leakproof by their form (columns, constants, comparisons, AND/OR/NOT, IS [NOT] NULL, IN
-//! lists, BETWEEN) is planned freely; any other statement reads every protected table through a
-//! fenced policy subquery (`OFFSET 0`), which PostgreSQL neither flattens nor pushes
-//! conditions into, so the scope filters each row before any expression of the user sees it.
+//! leakproof by their form (columns, constants, comparisons, `= ANY`/`ALL`, AND/OR/NOT,
+//! IS [NOT] NULL, IN lists, BETWEEN) is planned freely; any other statement reads every
+//! protected table through a fenced policy subquery (`OFFSET 0`), which PostgreSQL neither
+//! flattens nor pushes conditions into, so the scope filters each row before any expression
+//! of the user sees it. UPDATE, DELETE and ON CONFLICT DO UPDATE put their WHERE behind the
+//! target's scope instead (`sql::write`).
 //!
 //! The select list, GROUP BY, ORDER BY, DISTINCT and WINDOW of the outermost SELECT are
 //! evaluated after every scan, join and filter of that SELECT, so they need no fence (the
@@ -99,11 +101,11 @@ fn leakproof_form(e: &Expr) -> bool {
         // their queries are visited as well
         | Expr::InSubquery { .. }
         | Expr::Exists { .. }
-        | Expr::Subquery(_) => true,
-        Expr::BinaryOp { op, .. } => matches!(
-            op,
-            B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::And | B::Or
-        ),
+        | Expr::Subquery(_)
+        // an array of checked elements, as in `id = ANY (ARRAY[1, 2])`
+        | Expr::Array(_) => true,
+        Expr::BinaryOp { op, .. } => comparison(op) || matches!(op, B::And | B::Or),
+        Expr::AnyOp { compare_op, .. } | Expr::AllOp { compare_op, .. } => comparison(compare_op),
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             ..
@@ -115,6 +117,10 @@ fn leakproof_form(e: &Expr) -> bool {
         | Expr::Cast { expr, .. } => constant(expr),
         _ => false,
     }
+}
+
+fn comparison(op: &B) -> bool {
+    matches!(op, B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq)
 }
 
 fn constant(e: &Expr) -> bool {
@@ -150,6 +156,7 @@ mod tests {
             "SELECT date_trunc('month', paid_at), sum(amount) FROM payments p JOIN orders o ON o.id = p.order_id WHERE NOT o.status <> 'paid' GROUP BY 1",
             "SELECT * FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.id > 10)",
             "SELECT (SELECT amount FROM payments WHERE order_id = o.id LIMIT 1) FROM orders o",
+            "SELECT * FROM customers WHERE id = ANY($1) AND owner <> ALL (ARRAY['a', 'b'])",
         ] {
             assert!(!fenced(sql), "{sql}");
         }
@@ -172,6 +179,7 @@ mod tests {
             "SELECT count(*) FROM payments HAVING count(*) > 1 / (min(id) - 143)",
             "SELECT 1 FROM payments UNION SELECT 1 / (id - 143) FROM payments",
             "SELECT -id FROM payments WHERE -id < 0",
+            "SELECT * FROM customers WHERE id = ANY (ARRAY[1 / (id - 143)])",
             // a nested query is checked whole (PostgreSQL may pull it up into the outer one)
             "SELECT (SELECT max(amount) FROM payments WHERE order_id = o.id) FROM orders o",
             "SELECT * FROM orders WHERE id IN (SELECT abs(order_id) FROM payments)",
