@@ -136,18 +136,28 @@ fn and(existing: Option<Expr>, extra: Expr) -> Expr {
 
 /// The user's WHERE on a write target, behind the target's scope when it has an expression
 /// that could fail on a row outside the scope (see `leakproof`): `CASE WHEN <scope> THEN
-/// (<where>) ELSE FALSE END`, which PostgreSQL evaluates in that order.
+/// (<where>) ELSE FALSE END`, which PostgreSQL evaluates in that order. Only pgveil's part
+/// is parsed as generated SQL; the user's (already rewritten) WHERE is put in as it is.
 fn guarded_where(
     cx: &Cx<'_>,
     selection: Option<Expr>,
     scope: &str,
     fence: bool,
 ) -> Result<Option<Expr>, ClientError> {
-    match selection {
-        Some(w) if fence => Ok(Some(cx.parse_generated_expr(&format!(
-            "CASE WHEN {scope} THEN ({w}) ELSE FALSE END"
-        ))?)),
-        other => Ok(other),
+    let w = match selection {
+        Some(w) if fence => w,
+        other => return Ok(other),
+    };
+    let mut guard =
+        cx.parse_generated_expr(&format!("CASE WHEN {scope} THEN NULL ELSE FALSE END"))?;
+    match &mut guard {
+        Expr::Case { conditions, .. } if conditions.len() == 1 => {
+            conditions[0].result = Expr::Nested(Box::new(w));
+            Ok(Some(guard))
+        }
+        _ => Err(ClientError::denied(
+            "pgveil internal error building a scoped WHERE",
+        )),
     }
 }
 
